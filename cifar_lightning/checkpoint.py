@@ -1,0 +1,50 @@
+"""Loading checkpoints safely: weights-only unpickling and strict key matching."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cifar_lightning.errors import UserError
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    """Read a Lightning checkpoint without executing pickled code."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(
+            f"checkpoint {path} does not exist. Pass ckpt_path=PATH to a .ckpt file "
+            f"(runs keep theirs in outputs/<run>/checkpoints/)."
+        )
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise UserError(
+            f"refusing to load {path}: it holds pickled objects that weights-only loading does "
+            f"not allow ({str(err).splitlines()[0]}). Only load checkpoints written by this "
+            f"project from a source you trust."
+        ) from err
+    except Exception as err:
+        raise UserError(f"cannot read checkpoint {path} ({err}); is it a .ckpt file?") from err
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise UserError(f"{path} is not a Lightning checkpoint (no state_dict).")
+    return ckpt
+
+
+def restore_weights(module: nn.Module, ckpt: dict[str, Any], path: str | Path) -> None:
+    """Load the weights strictly: a missing or unexpected key is an error, never a silently
+    untrained model (the seed's 9.75 %)."""
+    try:
+        result = module.load_state_dict(ckpt["state_dict"], strict=False)
+    except RuntimeError as err:  # shape mismatches
+        raise UserError(f"checkpoint {path} does not fit the model: {err}") from err
+    if result.missing_keys or result.unexpected_keys:
+        raise UserError(
+            f"checkpoint {path} does not match the model: missing keys "
+            f"{result.missing_keys[:5]}, unexpected keys {result.unexpected_keys[:5]}. "
+            f"Was it written by a run with another model= option?"
+        )

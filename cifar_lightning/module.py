@@ -1,0 +1,93 @@
+"""The LightningModule: network, loss, metrics, optimizer and schedule."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pytorch_lightning as L
+import torch
+from torch import Tensor, nn
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassConfusionMatrix,
+)
+
+from cifar_lightning import DISPLAY_NAMES
+
+
+class Classifier(L.LightningModule):
+    def __init__(
+        self,
+        net: nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., dict] | None = None,
+        num_classes: int = 10,
+        class_names: Sequence[str] = DISPLAY_NAMES,
+        label_smoothing: float = 0.0,
+    ) -> None:
+        super().__init__()
+        # The network, optimizer and schedule live in the run config stored in each checkpoint;
+        # hparams keep the plain values only, so checkpoints load with weights_only=True.
+        self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"])
+        self.net = net
+        self.make_optimizer = optimizer
+        self.make_scheduler = scheduler
+        self.class_names = list(class_names)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        # One metric object per stage: their states never mix.
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_class_acc = MulticlassAccuracy(num_classes, average=None)
+        self.test_confmat = MulticlassConfusionMatrix(num_classes)
+        self.run_config: dict | None = None  # set by the training script, saved in checkpoints
+        self.test_report: dict[str, Any] = {}
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = self.criterion(logits, y)
+        self.train_acc(logits.detach(), y)
+        # Epoch-level only: values stay on the device, no .item() sync per step.
+        self.log("train/loss", loss.detach(), on_step=False, on_epoch=True, prog_bar=True)
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        x, y = batch
+        logits = self(x)
+        self.val_acc(logits, y)
+        self.log("val/loss", self.criterion(logits, y), on_epoch=True, prog_bar=True)
+        self.log("val/acc", self.val_acc, on_epoch=True, prog_bar=True)
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        x, y = batch
+        logits = self(x)
+        self.test_acc(logits, y)
+        self.test_class_acc.update(logits, y)
+        self.test_confmat.update(logits, y)
+        self.log("test/loss", self.criterion(logits, y), on_epoch=True)
+        self.log("test/acc", self.test_acc, on_epoch=True)
+
+    def on_test_epoch_end(self) -> None:
+        per_class = self.test_class_acc.compute().tolist()
+        self.test_report = {
+            "per_class_acc": dict(zip(self.class_names, per_class, strict=True)),
+            "confusion_matrix": self.test_confmat.compute().tolist(),
+        }
+        self.test_class_acc.reset()
+        self.test_confmat.reset()
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.make_optimizer(self.parameters())
+        if self.make_scheduler is None:
+            return optimizer
+        total = int(self.trainer.estimated_stepping_batches)
+        return {"optimizer": optimizer, "lr_scheduler": self.make_scheduler(optimizer, total)}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["run_config"] = self.run_config

@@ -1,0 +1,149 @@
+"""What train.py and eval.py do: build the pieces from the config, fit, test, write results."""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+from cifar_lightning import checkpoint, results
+from cifar_lightning.data import CIFAR10DataModule
+from cifar_lightning.errors import UserError
+from cifar_lightning.module import Classifier
+
+log = logging.getLogger("cifar_lightning")
+
+# The CSV log shares the run folder with Hydra's files, which this warning mistakes for old logs.
+warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
+
+
+def output_dir() -> Path:
+    return Path(HydraConfig.get().runtime.output_dir)
+
+
+def build(cfg: DictConfig) -> tuple[CIFAR10DataModule, Classifier]:
+    """The datamodule and the LightningModule of a (train-time) config."""
+    datamodule = instantiate(cfg.data, augment=OmegaConf.to_container(cfg.augment))
+    module = instantiate(
+        cfg.module,
+        net=instantiate(cfg.model),
+        optimizer=instantiate(cfg.optimizer),
+        scheduler=instantiate(cfg.scheduler),
+    )
+    return datamodule, module
+
+
+def make_trainer(cfg: DictConfig, callbacks: list[L.Callback], out: Path) -> L.Trainer:
+    loggers = [instantiate(c) for c in (cfg.logger or {}).values()]
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, default_root_dir=out)
+
+
+def run_test(trainer: L.Trainer, module: Classifier, datamodule: CIFAR10DataModule) -> dict:
+    [metrics] = trainer.test(module, datamodule=datamodule, verbose=False)
+    report = module.test_report
+    results.print_report(metrics["test/acc"], report["per_class_acc"])
+    return {"test_acc": metrics["test/acc"], "test_loss": metrics["test/loss"], **report}
+
+
+def _scalar(metrics: dict, key: str) -> float | None:
+    return float(metrics[key]) if key in metrics else None
+
+
+def train(cfg: DictConfig) -> float | None:
+    """Fit, then test the best checkpoint. Returns the best val/acc (what a sweeper optimises:
+    the test set never shapes model selection)."""
+    out = output_dir()
+    seed = L.seed_everything(cfg.seed, workers=True)
+    datamodule, module = build(cfg)
+    module.run_config = OmegaConf.to_container(cfg, resolve=True)
+
+    callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values()]
+    ckpt_cb = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
+    if ckpt_cb is not None and not datamodule.has_val:
+        ckpt_cb.monitor = None  # no validation split: the last epoch is the one to test
+    trainer = make_trainer(cfg, callbacks, out)
+
+    fit_seconds, train_metrics = None, {}
+    if cfg.train:
+        start = time.perf_counter()
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
+        fit_seconds = time.perf_counter() - start
+        train_metrics = dict(trainer.callback_metrics)
+
+    tested = None
+    if cfg.train and ckpt_cb is not None and ckpt_cb.best_model_path:
+        tested = ckpt_cb.best_model_path
+    elif not cfg.train and cfg.ckpt_path is not None:
+        tested = cfg.ckpt_path
+    if tested is not None:
+        checkpoint.restore_weights(module, checkpoint.load(tested), tested)
+    elif cfg.test:
+        log.warning("no checkpoint was written (fast_dev_run?): testing the weights in memory")
+
+    best_val = None
+    if ckpt_cb is not None and ckpt_cb.monitor is not None and ckpt_cb.best_model_score is not None:
+        best_val = float(ckpt_cb.best_model_score)
+    if not cfg.test:
+        return best_val
+    test = run_test(trainer, module, datamodule)
+    if trainer.is_global_zero:
+        summary: dict[str, Any] = {
+            "test_acc": test["test_acc"],
+            "test_loss": test["test_loss"],
+            "per_class_acc": test["per_class_acc"],
+            "train_acc": _scalar(train_metrics, "train/acc"),
+            "train_loss": _scalar(train_metrics, "train/loss"),
+            "best_val_acc": best_val,
+            "epochs": trainer.current_epoch,
+            "fit_seconds": fit_seconds,
+            "seed": seed,
+            "overrides": list(HydraConfig.get().overrides.task),
+            "checkpoint": tested,
+        }
+        results.save(out, summary, test["confusion_matrix"])
+    return best_val
+
+
+def evaluate(cfg: DictConfig) -> float:
+    """Re-test a checkpoint with the config it was trained with."""
+    out = output_dir()
+    ckpt = checkpoint.load(cfg.ckpt_path)
+    run_cfg = OmegaConf.create(ckpt.get("run_config") or {})
+    if "data" not in run_cfg:
+        raise UserError(
+            f"{cfg.ckpt_path} holds no run config; eval.py reads checkpoints that train.py wrote."
+        )
+    if cfg.data_root is not None:
+        run_cfg.data.root = cfg.data_root
+    datamodule, module = build(run_cfg)
+    checkpoint.restore_weights(module, ckpt, cfg.ckpt_path)
+    trainer = make_trainer(cfg, [], out)
+    test = run_test(trainer, module, datamodule)
+    best_val = None
+    for state in ckpt.get("callbacks", {}).values():
+        if state.get("monitor") is not None and state.get("best_model_score") is not None:
+            best_val = float(state["best_model_score"])
+    if trainer.is_global_zero:
+        summary = {
+            "test_acc": test["test_acc"],
+            "test_loss": test["test_loss"],
+            "per_class_acc": test["per_class_acc"],
+            "train_acc": None,  # training metrics live in the training run's results.json
+            "train_loss": None,
+            "best_val_acc": best_val,
+            "epochs": ckpt.get("epoch", -1) + 1,
+            "fit_seconds": None,
+            "seed": run_cfg.get("seed"),
+            "overrides": list(HydraConfig.get().overrides.task),
+            "checkpoint": str(cfg.ckpt_path),
+        }
+        results.save(out, summary, test["confusion_matrix"])
+    return test["test_acc"]

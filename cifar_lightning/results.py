@@ -1,0 +1,58 @@
+"""What a run leaves behind: results.json, the seed-style console report, the confusion matrix."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from cifar_lightning.fileio import atomic_write, write_json
+
+log = logging.getLogger("cifar_lightning")
+
+RESULTS_NAME = "results.json"
+
+
+def print_report(test_acc: float, per_class_acc: Mapping[str, float]) -> None:
+    """The seed's report, in percent: `Total Accuracy` and one line per class."""
+    log.info("Total Accuracy: %.2f %%", 100 * test_acc)
+    for name, acc in per_class_acc.items():
+        log.info("Accuracy for class %s is: %.1f %%", name, 100 * acc)
+
+
+def plot_confusion(matrix: Sequence[Sequence[int]], names: Sequence[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 5.6))
+    im = ax.imshow(matrix, cmap="Blues")
+    ax.set(xticks=range(len(names)), yticks=range(len(names)), xlabel="predicted", ylabel="true")
+    ax.set_xticklabels(names, rotation=45, ha="right")
+    ax.set_yticklabels(names)
+    top = max(max(row) for row in matrix) or 1
+    for i, row in enumerate(matrix):
+        for j, n in enumerate(row):
+            ax.text(
+                j,
+                i,
+                n,
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if n > 0.6 * top else "black",
+            )
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    ax.set_title("test confusion matrix")
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
+    plt.close(fig)
+
+
+def save(out_dir: Path, results: dict[str, Any], confusion: Sequence[Sequence[int]]) -> None:
+    names = list(results["per_class_acc"])
+    plot_confusion(confusion, names, out_dir / "confusion_matrix.png")
+    write_json(out_dir / RESULTS_NAME, results)
+    log.info("results: %s", out_dir / RESULTS_NAME)

@@ -1,0 +1,19 @@
+"""Re-test a checkpoint written by train.py, with the config it was trained with.
+
+python eval.py ckpt_path=outputs/runs/<run>/checkpoints/best.ckpt [data_root=PATH]
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+from cifar_lightning.errors import cli_guard
+from cifar_lightning.pipeline import evaluate
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="eval")
+def main(cfg: DictConfig) -> float:
+    return cli_guard(evaluate, cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,176 @@
+"""Both data layouts, the cache, the splits, the transforms, and every bad input."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cifar_lightning import CLASSES
+from cifar_lightning.data import CIFAR10DataModule, sources
+from cifar_lightning.errors import DataError
+from tests.conftest import run_cli
+from tests.synthetic import make_images, write_folder_layout
+
+STANDARD = {"crop_padding": 4, "flip": True}
+
+
+def datamodule(root: Path, **kw) -> CIFAR10DataModule:
+    args = {"download": False, "batch_size": 16, "val_size": 50, "num_workers": 0}
+    dm = CIFAR10DataModule(root=str(root), augment=STANDARD, **{**args, **kw})
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm
+
+
+def test_both_layouts_decode_to_the_same_images(folder_root, torchvision_root):
+    a = datamodule(folder_root)
+    b = datamodule(torchvision_root)
+    sa, sb = sources.load(folder_root), sources.load(torchvision_root)
+    assert sa.source == "folder" and sb.source == "torchvision"
+    assert sa.train_x.shape == (400, 3, 32, 32) and sa.test_x.shape == (100, 3, 32, 32)
+    assert sa.train_x.dtype == torch.uint8
+
+    # PNG is lossless: the same pixels and labels reach both caches (the pickle is shuffled).
+    def key(s: sources.Splits) -> list:
+        return sorted(zip(s.train_y.tolist(), map(bytes, s.train_x.numpy()), strict=True))
+
+    assert key(sa) == key(sb)
+    assert len(a.train_set) == len(b.train_set) == 350 and len(a.val_set) == 50
+
+
+def test_cache_is_reused_without_the_source(tmp_path):
+    root = write_folder_layout(tmp_path / "d", n_train=4, n_test=2)
+    cache = sources.prepare(root, allow_download=False)
+    before = cache.stat().st_mtime_ns
+    shutil.rmtree(root / "train")  # the cache alone is enough from now on
+    assert sources.prepare(root, allow_download=False) == cache
+    assert cache.stat().st_mtime_ns == before
+    assert len(sources.load(root).train_y) == 40
+    assert not list(root.glob(".*.tmp")), "no temporary file left behind"
+
+
+def test_damaged_cache_is_reported(tmp_path):
+    root = write_folder_layout(tmp_path / "d", n_train=2, n_test=1)
+    cache = sources.prepare(root, allow_download=False)
+    cache.write_bytes(cache.read_bytes()[:1000])
+    with pytest.raises(DataError, match="unusable.*Delete it"):
+        sources.load(root)
+
+
+def test_val_and_test_are_disjoint_from_training(folder_root):
+    dm = datamodule(folder_root)
+    train, val = set(dm.train_index.tolist()), set(dm.val_index.tolist())
+    assert not train & val and len(train | val) == 400
+    # Fixed split generator: another seed of the run, same validation images.
+    torch.manual_seed(123)
+    assert torch.equal(datamodule(folder_root).val_index, dm.val_index)
+    # The test split is its own data: no training image is a test image.
+    splits = sources.load(folder_root)
+    train_bytes = {bytes(x) for x in splits.train_x[dm.train_index].numpy()}
+    assert not train_bytes & {bytes(x) for x in splits.test_x.numpy()}
+
+
+def test_eval_transforms_are_deterministic_and_train_transforms_random(folder_root):
+    dm = datamodule(folder_root)
+    for ds in (dm.val_set, dm.test_set):
+        assert torch.equal(ds[3][0], ds[3][0])
+    raw = dm.test_set.x[3].float() / 255
+    mean, std = torch.tensor(dm.augment.mean), torch.tensor(dm.augment.std)
+    expected = (raw - mean[:, None, None]) / std[:, None, None]
+    assert torch.allclose(dm.test_set[3][0], expected, atol=1e-5)
+    torch.manual_seed(0)
+    draws = [dm.train_set[3][0] for _ in range(8)]
+    assert any(not torch.equal(draws[0], d) for d in draws[1:])
+
+
+def test_loaders_batch_shapes(folder_root):
+    dm = datamodule(folder_root)
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape == (16, 3, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
+    assert dm.val_dataloader() is not None
+    assert datamodule(folder_root, val_size=0).val_dataloader() == []
+
+
+# ---- bad input: one DataError naming the path and the fix --------------------------------------
+
+
+def test_absent_data_names_both_layouts_and_the_override(tmp_path):
+    with pytest.raises(DataError) as err:
+        sources.prepare(tmp_path / "empty", allow_download=False)
+    msg = str(err.value)
+    assert "cifar-10-batches-py" in msg and "train" in msg and "data.root=" in msg
+    assert str(tmp_path / "empty") in msg
+
+
+def test_corrupt_image_is_named(tmp_path):
+    root = write_folder_layout(tmp_path / "d", n_train=2, n_test=1)
+    bad = root / "train" / "cat" / "00061.png"
+    bad.write_bytes(b"not a png")
+    with pytest.raises(DataError, match=f"cannot read image {bad}"):
+        sources.prepare(root, allow_download=False)
+    assert not (root / sources.CACHE_NAME).exists()
+
+
+def test_wrong_image_size_is_named(tmp_path):
+    root = write_folder_layout(tmp_path / "d", n_train=2, n_test=1)
+    bad = root / "test" / "dog" / "big.png"
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(bad)
+    with pytest.raises(DataError, match=f"image {bad} is 40x40.*32x32"):
+        sources.prepare(root, allow_download=False)
+
+
+def test_unknown_class_folder(tmp_path):
+    root = write_folder_layout(tmp_path / "d", n_train=2, n_test=1)
+    (root / "train" / "cat").rename(root / "train" / "kitten")
+    with pytest.raises(DataError, match="unknown class folder.*kitten.*airplane"):
+        sources.prepare(root, allow_download=False)
+
+
+def test_missing_class_folder(tmp_path):
+    root = write_folder_layout(tmp_path / "d", n_train=2, n_test=1)
+    shutil.rmtree(root / "test" / "frog")
+    with pytest.raises(DataError, match="missing class folder.*frog"):
+        sources.prepare(root, allow_download=False)
+
+
+def test_empty_split(tmp_path):
+    root = tmp_path / "d"
+    for c in CLASSES:
+        (root / "train" / c).mkdir(parents=True)
+        (root / "test" / c).mkdir(parents=True)
+    with pytest.raises(DataError, match="no images.*train.*empty"):
+        sources.prepare(root, allow_download=False)
+
+
+def test_val_size_too_large(folder_root):
+    with pytest.raises(DataError, match="data.val_size=400 must be between 0 and 399"):
+        datamodule(folder_root, val_size=400)
+
+
+def test_jpeg_folders_are_read(tmp_path):
+    root = write_folder_layout(tmp_path / "d", n_train=2, n_test=1, fmt="jpg")
+    splits = sources.load(Path(sources.prepare(root, allow_download=False)).parent)
+    x, _ = make_images(2, 0)
+    # Lossy: the noise texture suffers, but each image keeps its colour (and its label).
+    got = splits.train_x.float().mean(dim=(2, 3))
+    want = torch.from_numpy(x).float().mean(dim=(1, 2))
+    assert (got - want).abs().max() < 8
+
+
+@pytest.mark.slow
+def test_cli_bad_data_is_one_clear_error(tmp_path):
+    proc = run_cli(
+        "train.py",
+        f"data.root={tmp_path / 'nothing'}",
+        "data.download=false",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "data.root=" in errors[0]

@@ -1,0 +1,116 @@
+"""train.py and eval.py end to end, as subprocesses, on small learnable synthetic data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_cli
+
+pytestmark = pytest.mark.slow
+
+FAST = ["data.batch_size=32", "data.num_workers=0", "data.val_size=50", "augment=standard"]
+RESULT_KEYS = {
+    "test_acc",
+    "per_class_acc",
+    "train_acc",
+    "train_loss",
+    "best_val_acc",
+    "epochs",
+    "fit_seconds",
+    "seed",
+    "overrides",
+}
+
+
+@pytest.fixture(scope="module")
+def trained_run(folder_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("runs") / "train"
+    proc = run_cli(
+        "train.py",
+        f"data.root={folder_root}",
+        *FAST,
+        "trainer.max_epochs=4",
+        f"hydra.run.dir={run}",
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (run / "console.txt").write_text(proc.stdout + proc.stderr)
+    return run
+
+
+def test_training_learns_and_writes_the_outputs_contract(trained_run: Path):
+    results = json.loads((trained_run / "results.json").read_text())
+    assert RESULT_KEYS <= set(results)
+    assert results["test_acc"] > 0.5, results  # chance is 0.1
+    assert set(results["per_class_acc"]) == {
+        "plane",
+        "car",
+        "bird",
+        "cat",
+        "deer",
+        "dog",
+        "frog",
+        "horse",
+        "ship",
+        "truck",
+    }
+    assert all(0 <= v <= 1 for v in results["per_class_acc"].values())
+    assert 0 <= results["best_val_acc"] <= 1 and results["epochs"] == 4 and results["seed"] == 0
+    assert results["checkpoint"].endswith("best.ckpt")
+    for name in (
+        ".hydra/config.yaml",
+        "metrics.csv",
+        "checkpoints/best.ckpt",
+        "checkpoints/last.ckpt",
+        "confusion_matrix.png",
+    ):
+        assert (trained_run / name).is_file(), name
+    console = (trained_run / "console.txt").read_text()
+    assert "epoch 4/4 | train loss" in console
+    assert "Total Accuracy:" in console and "Accuracy for class plane is:" in console
+
+
+def test_eval_reproduces_the_training_test_accuracy(trained_run: Path, tmp_path: Path):
+    proc = run_cli(
+        "eval.py", f"ckpt_path={trained_run / 'checkpoints/best.ckpt'}", f"hydra.run.dir={tmp_path}"
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trained = json.loads((trained_run / "results.json").read_text())
+    evaluated = json.loads((tmp_path / "results.json").read_text())
+    assert RESULT_KEYS <= set(evaluated)
+    assert evaluated["test_acc"] == trained["test_acc"]
+    assert evaluated["per_class_acc"] == trained["per_class_acc"]
+    assert evaluated["best_val_acc"] == trained["best_val_acc"]
+    assert (tmp_path / "confusion_matrix.png").is_file()
+
+
+def test_eval_of_a_missing_checkpoint_is_one_clear_error(tmp_path: Path):
+    proc = run_cli("eval.py", f"ckpt_path={tmp_path / 'nope.ckpt'}", f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "does not exist" in proc.stderr
+
+
+def test_multirun_gives_each_job_its_folder_and_survives_a_failing_job(
+    folder_root: Path, tmp_path: Path
+):
+    # Two healthy jobs and one whose val_size is impossible.
+    proc = run_cli(
+        "train.py",
+        "-m",
+        f"data.root={folder_root}",
+        *FAST[:2],
+        "augment=none",
+        "trainer.max_epochs=1",
+        "optimizer=adam,sgd",
+        "data.val_size=50,100000",
+        f"hydra.sweep.dir={tmp_path}",
+    )
+    assert proc.returncode != 0, "a failed job must fail the sweep"
+    jobs = sorted(p.name for p in tmp_path.iterdir() if p.is_dir() and "optimizer=" in p.name)
+    assert len(jobs) == 4  # folders named by the overrides, data.root left out
+    ok = sorted(p.parent.name for p in tmp_path.glob("*/results.json"))
+    assert len(ok) == 2 and all("data.val_size=50," in name for name in ok)
+    assert {name.split("optimizer=")[1].split(",")[0] for name in ok} == {"adam", "sgd"}
+    assert "data.val_size=100000 must be between" in proc.stdout + proc.stderr
