@@ -3,10 +3,12 @@
 python eval.py ckpt_path=outputs/runs/<run>/checkpoints/best.ckpt [data_root=PATH]
 """
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
-from cifar_lightning.errors import cli_guard
+from cifar_lightning.errors import cli_guard, preflight
 from cifar_lightning.pipeline import evaluate
 
 
@@ -16,4 +18,5 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    preflight(sys.argv[1:])
     main()

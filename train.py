@@ -5,10 +5,12 @@ python train.py optimizer=sgd_nesterov scheduler=onecycle trainer.max_epochs=20
 python train.py -m optimizer=adam,sgd_nesterov seed=0,1,2
 """
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
-from cifar_lightning.errors import cli_guard
+from cifar_lightning.errors import cli_guard, preflight
 from cifar_lightning.pipeline import train
 
 
@@ -18,4 +20,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    preflight(sys.argv[1:])
     main()

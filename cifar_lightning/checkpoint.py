@@ -7,9 +7,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
+from lightning_fabric.plugins import TorchCheckpointIO
 from torch import nn
 
 from cifar_lightning.errors import UserError
+from cifar_lightning.fileio import atomic_write
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, through a temporary file and a rename: a run killed while
+    saving leaves the previous checkpoint intact instead of a truncated one."""
+
+    def save_checkpoint(self, checkpoint: dict, path: Any, storage_options: Any = None) -> None:
+        atomic_write(path, lambda f: torch.save(checkpoint, f))
 
 
 def load(path: str | Path) -> dict[str, Any]:
@@ -48,3 +59,28 @@ def restore_weights(module: nn.Module, ckpt: dict[str, Any], path: str | Path) -
             f"{result.missing_keys[:5]}, unexpected keys {result.unexpected_keys[:5]}. "
             f"Was it written by a run with another model= option?"
         )
+
+
+def _run_overrides(run_dir: Path) -> list[str] | None:
+    try:
+        items = yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text()) or []
+    except (OSError, yaml.YAMLError):
+        return None
+    return sorted(i for i in items if not i.startswith(("ckpt_path=", "hydra.")))
+
+
+def find_last(overrides: list[str], search: list[Path], exclude: Path) -> Path:
+    """`ckpt_path=last`: the newest checkpoints/last.ckpt of a run with the same overrides."""
+    wanted = sorted(i for i in overrides if not i.startswith(("ckpt_path=", "hydra.")))
+    found = set()
+    for root in search:
+        for ckpt in root.glob("**/checkpoints/last.ckpt"):
+            run_dir = ckpt.parent.parent
+            if run_dir.resolve() != exclude.resolve() and _run_overrides(run_dir) == wanted:
+                found.add(ckpt.resolve())
+    if not found:
+        raise UserError(
+            f"ckpt_path=last: no earlier run with the overrides {wanted} has "
+            f"checkpoints/last.ckpt under {', '.join(map(str, search))}. Pass ckpt_path=PATH."
+        )
+    return max(found, key=lambda p: p.stat().st_mtime)

@@ -37,3 +37,14 @@ def cli_guard(task: Callable[[Any], Any], cfg: Any) -> Any:
             raise
         print(f"error: {err}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
+
+
+def preflight(argv: list[str]) -> None:
+    """Command-line checks before Hydra starts (see cifar_lightning.preflight)."""
+    from cifar_lightning.preflight import check_cli
+
+    try:
+        check_cli(argv)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)

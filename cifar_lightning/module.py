@@ -47,31 +47,47 @@ class Classifier(L.LightningModule):
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+    def on_train_epoch_start(self) -> None:
+        # Optimizers that change with the epoch (adam_to_sgd) get told which one starts.
+        for opt in self._raw_optimizers():
+            hook = getattr(opt, "on_train_epoch_start", None)
+            if hook is not None:
+                hook(self.current_epoch)
+
+    def _raw_optimizers(self) -> list[torch.optim.Optimizer]:
+        opts = self.optimizers(use_pl_optimizer=False)
+        return opts if isinstance(opts, list) else [opts]
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
         x, y = batch
         logits = self(x)
         loss = self.criterion(logits, y)
-        self.train_acc(logits.detach(), y)
+        preds = logits.detach().argmax(1)
+        self.train_acc(preds, y)
         # Epoch-level only: values stay on the device, no .item() sync per step.
         self.log("train/loss", loss.detach(), on_step=False, on_epoch=True, prog_bar=True)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
-        return loss
+        return {"loss": loss, "preds": preds}  # predictions feed the health checks
 
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
         x, y = batch
         logits = self(x)
-        self.val_acc(logits, y)
+        preds = logits.argmax(1)
+        self.val_acc(preds, y)
         self.log("val/loss", self.criterion(logits, y), on_epoch=True, prog_bar=True)
         self.log("val/acc", self.val_acc, on_epoch=True, prog_bar=True)
+        return {"preds": preds}
 
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
         x, y = batch
         logits = self(x)
-        self.test_acc(logits, y)
-        self.test_class_acc.update(logits, y)
-        self.test_confmat.update(logits, y)
+        preds = logits.argmax(1)
+        self.test_acc(preds, y)
+        self.test_class_acc.update(preds, y)
+        self.test_confmat.update(preds, y)
         self.log("test/loss", self.criterion(logits, y), on_epoch=True)
         self.log("test/acc", self.test_acc, on_epoch=True)
+        return {"preds": preds}
 
     def on_test_epoch_end(self) -> None:
         per_class = self.test_class_acc.compute().tolist()

@@ -43,7 +43,22 @@ def build(cfg: DictConfig) -> tuple[CIFAR10DataModule, Classifier]:
 
 def make_trainer(cfg: DictConfig, callbacks: list[L.Callback], out: Path) -> L.Trainer:
     loggers = [instantiate(c) for c in (cfg.logger or {}).values()]
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, default_root_dir=out)
+    return instantiate(
+        cfg.trainer,
+        callbacks=callbacks,
+        logger=loggers,
+        default_root_dir=out,
+        plugins=[checkpoint.AtomicCheckpointIO()],
+    )
+
+
+def resume_path(cfg: DictConfig, out: Path) -> str | None:
+    if cfg.ckpt_path != "last":
+        return cfg.ckpt_path
+    overrides = list(HydraConfig.get().overrides.task)
+    found = checkpoint.find_last(overrides, [out.parent, Path("outputs")], exclude=out)
+    log.info("ckpt_path=last: resuming from %s", found)
+    return str(found)
 
 
 def run_test(trainer: L.Trainer, module: Classifier, datamodule: CIFAR10DataModule) -> dict:
@@ -65,8 +80,13 @@ def train(cfg: DictConfig) -> float | None:
     datamodule, module = build(cfg)
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
 
+    ckpt_path = resume_path(cfg, out)
+
     callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values()]
-    ckpt_cb = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
+    health = instantiate(cfg.health)
+    if health is not None:
+        callbacks.append(health)
+    ckpt_cb = next((c for c in callbacks if isinstance(c, ModelCheckpoint) and c.monitor), None)
     if ckpt_cb is not None and not datamodule.has_val:
         ckpt_cb.monitor = None  # no validation split: the last epoch is the one to test
     trainer = make_trainer(cfg, callbacks, out)
@@ -74,15 +94,15 @@ def train(cfg: DictConfig) -> float | None:
     fit_seconds, train_metrics = None, {}
     if cfg.train:
         start = time.perf_counter()
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         fit_seconds = time.perf_counter() - start
         train_metrics = dict(trainer.callback_metrics)
 
     tested = None
     if cfg.train and ckpt_cb is not None and ckpt_cb.best_model_path:
         tested = ckpt_cb.best_model_path
-    elif not cfg.train and cfg.ckpt_path is not None:
-        tested = cfg.ckpt_path
+    elif not cfg.train and ckpt_path is not None:
+        tested = ckpt_path
     if tested is not None:
         checkpoint.restore_weights(module, checkpoint.load(tested), tested)
     elif cfg.test:
@@ -107,6 +127,7 @@ def train(cfg: DictConfig) -> float | None:
             "seed": seed,
             "overrides": list(HydraConfig.get().overrides.task),
             "checkpoint": tested,
+            "health": health.findings if health is not None else [],
         }
         results.save(out, summary, test["confusion_matrix"])
     return best_val
@@ -125,12 +146,15 @@ def evaluate(cfg: DictConfig) -> float:
         run_cfg.data.root = cfg.data_root
     datamodule, module = build(run_cfg)
     checkpoint.restore_weights(module, ckpt, cfg.ckpt_path)
-    trainer = make_trainer(cfg, [], out)
-    test = run_test(trainer, module, datamodule)
     best_val = None
     for state in ckpt.get("callbacks", {}).values():
         if state.get("monitor") is not None and state.get("best_model_score") is not None:
             best_val = float(state["best_model_score"])
+    health = instantiate(cfg.health)
+    if health is not None:
+        health.reference_acc = best_val  # what the model showed when it was trained
+    trainer = make_trainer(cfg, [health] if health is not None else [], out)
+    test = run_test(trainer, module, datamodule)
     if trainer.is_global_zero:
         summary = {
             "test_acc": test["test_acc"],
@@ -144,6 +168,7 @@ def evaluate(cfg: DictConfig) -> float:
             "seed": run_cfg.get("seed"),
             "overrides": list(HydraConfig.get().overrides.task),
             "checkpoint": str(cfg.ckpt_path),
+            "health": health.findings if health is not None else [],
         }
         results.save(out, summary, test["confusion_matrix"])
     return test["test_acc"]

@@ -1,0 +1,150 @@
+"""airbench94's network (Keller Jordan, github.com/KellerJordan/cifar10-airbench), rewritten.
+
+airbench94 reaches 94% on CIFAR-10 in about 3.3 s on an A100. The network is small and plain:
+
+    whiten (2x2 conv, 3 -> 24, frozen, set from the data) -> GELU
+    3 x [conv3x3 -> maxpool2 -> BN -> GELU -> conv3x3 -> BN -> GELU]   (64, 256, 256 channels)
+    global max-pool -> linear (no bias) -> x 1/9
+
+Spatial sizes for a 32x32 input: 31 (the unpadded 2x2 conv) -> 15 -> 7 -> 3 -> 1.
+
+What the LightningModule must do with it (see `FastNet.init_whitening` and `FastNet.set_epoch`):
+  * once, before the first training step: `net.init_whitening(images)` with a few thousand
+    normalised, un-augmented training images (airbench uses 5000); skip it when `net.whitened`
+    is already true (a resumed checkpoint carries the whitening weights);
+  * at the start of every training epoch: `net.set_epoch(current_epoch)`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def conv3x3(c_in: int, c_out: int) -> nn.Conv2d:
+    # No bias: every conv is followed by a batch norm, which has its own.
+    conv = nn.Conv2d(c_in, c_out, 3, padding="same", bias=False)
+    # Identity ("dirac") init of the first c_in filters on top of the default init: at the start
+    # each conv passes its input through (plus noise from the other filters), an implicit
+    # residual connection that lets this plain, residual-free net train fast.
+    with torch.no_grad():
+        nn.init.dirac_(conv.weight[: conv.in_channels])
+    return conv
+
+
+def batch_norm(channels: int, momentum: float) -> nn.BatchNorm2d:
+    # eps=1e-12 as airbench, in effect none: the normalisation is exact.
+    bn = nn.BatchNorm2d(channels, eps=1e-12, momentum=momentum)
+    # No learned scale (airbench's choice, one parameter set fewer to tune and decay): the
+    # weight stays at its initial 1. The shift (bias) is learned.
+    bn.weight.requires_grad_(False)
+    return bn
+
+
+class ConvGroup(nn.Module):
+    def __init__(self, c_in: int, c_out: int, bn_momentum: float) -> None:
+        super().__init__()
+        # The modules are named norm1/norm2 so that a "norm" in a parameter's name picks out the
+        # BN biases, which airbench trains with a 64x larger learning rate.
+        self.conv1 = conv3x3(c_in, c_out)
+        self.pool = nn.MaxPool2d(2)
+        self.norm1 = batch_norm(c_out, bn_momentum)
+        self.conv2 = conv3x3(c_out, c_out)
+        self.norm2 = batch_norm(c_out, bn_momentum)
+        self.act = nn.GELU()
+
+    def forward(self, x: Tensor) -> Tensor:
+        # Pool straight after the first conv: the BN and GELU then run on a quarter of the pixels.
+        x = self.act(self.norm1(self.pool(self.conv1(x))))
+        return self.act(self.norm2(self.conv2(x)))
+
+
+class FastNet(nn.Module):
+    def __init__(
+        self,
+        widths: Sequence[int] = (64, 256, 256),
+        num_classes: int = 10,
+        whiten_bias_epochs: int = 3,
+        scaling: float = 1 / 9,
+        *,
+        bn_momentum: float = 0.4,
+        whiten_eps: float = 5e-4,
+    ) -> None:
+        """widths: output channels of the conv groups. whiten_bias_epochs: epochs during which
+        the whitening layer's bias trains (then it is frozen). scaling: multiplies the logits.
+        bn_momentum: PyTorch's convention, running = (1 - m) * running + m * batch; airbench's
+        "batchnorm_momentum: 0.6" is the other (Keras) convention and passes 1 - 0.6 = 0.4 to
+        PyTorch. whiten_eps: added to the patch-covariance eigenvalues before 1/sqrt."""
+        super().__init__()
+        widths = [int(w) for w in widths]
+        self.whiten_bias_epochs = whiten_bias_epochs
+        self.whiten_eps = whiten_eps
+        self.scaling = scaling
+
+        # 2x2 patches of 3 channels have 12 dimensions; each gets a +v and a -v filter, so that
+        # the GELU after it keeps both signs of every whitened direction.
+        k = 2
+        self.whiten = nn.Conv2d(3, 2 * 3 * k * k, k, padding=0, bias=True)
+        self.whiten.weight.requires_grad_(False)  # set by init_whitening, never trained
+        nn.init.zeros_(self.whiten.bias)
+        # Whether init_whitening has run; in the state dict, so a loaded checkpoint says so too.
+        self.register_buffer("whitened", torch.zeros((), dtype=torch.bool))
+
+        self.act = nn.GELU()
+        groups, c_in = [], self.whiten.out_channels
+        for c_out in widths:
+            groups.append(ConvGroup(c_in, c_out, bn_momentum))
+            c_in = c_out
+        self.groups = nn.Sequential(*groups)
+        self.head = nn.Linear(c_in, num_classes, bias=False)
+
+    @torch.no_grad()
+    def init_whitening(self, images: Tensor, chunk_size: int = 1000) -> None:
+        """Set the first conv to whiten the 2x2 patches of `images`.
+
+        images: float (N, 3, H, W), normalised as the training inputs are (a few thousand
+        un-augmented training images are plenty: the covariance is only 12x12). Each filter is an
+        eigenvector v of the patch covariance C scaled by 1/sqrt(lambda + eps), so the outputs
+        are decorrelated with unit variance (lambda / (lambda + eps), to be exact) on these
+        patches. As airbench, C is the second moment of the patches, not mean-centred: the
+        inputs are normalised to zero mean per channel, and the learned bias takes up the rest.
+        """
+        weight = self.whiten.weight
+        k = weight.shape[-1]
+        dim = weight.shape[1] * k * k
+        # Accumulated in float64 over chunks: the patches of 5000 images would take ~230 MB at
+        # once, and a float32 sum over millions of patches loses digits.
+        second_moment = torch.zeros(dim, dim, dtype=torch.float64, device=images.device)
+        count = 0
+        for chunk in images.split(chunk_size):
+            # unfold orders each patch as (channel, row, col), the layout of a conv filter.
+            patches = F.unfold(chunk.double(), k).transpose(1, 2).reshape(-1, dim)
+            second_moment += patches.T @ patches
+            count += len(patches)
+        second_moment /= count
+        eigenvalues, eigenvectors = torch.linalg.eigh(second_moment)  # ascending, in columns
+        # Largest eigenvalue first (airbench's order): channel i carries the i-th direction.
+        eigenvalues, eigenvectors = eigenvalues.flip(0), eigenvectors.flip(1)
+        filters = eigenvectors.T / (eigenvalues[:, None] + self.whiten_eps).sqrt()
+        filters = filters.reshape(dim, *weight.shape[1:])
+        # copy_ keeps the weight's dtype, device and memory format (channels_last included).
+        weight.copy_(torch.cat([filters, -filters]))
+        self.whitened.fill_(True)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Call at the start of each training epoch (0-based): the whitening bias trains for the
+        first `whiten_bias_epochs` epochs, then stays fixed. A parameter without requires_grad
+        gets no gradient, and PyTorch optimizers skip parameters whose grad is None (Lightning
+        zeroes gradients to None), so neither the update nor weight decay touches it."""
+        self.whiten.bias.requires_grad_(epoch < self.whiten_bias_epochs)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.act(self.whiten(x))
+        x = self.groups(x)
+        x = x.amax(dim=(2, 3))  # global max-pool (airbench: MaxPool2d(3) over the final 3x3)
+        # A fixed scale (airbench: 1/9) shrinks the logits, which max-pooled features make
+        # large, and with them the head's effective step size.
+        return self.head(x) * self.scaling

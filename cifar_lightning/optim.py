@@ -1,0 +1,132 @@
+"""Adam first, then SGD with Nesterov momentum (the SWATS idea, Keskar & Socher 2017).
+
+The phase lives in each param group ("adam" or "sgd"), so it is part of the optimizer's state
+dict and survives checkpoint/resume. While Adam runs, the optimizer keeps the SWATS estimate of
+the SGD learning rate that would take steps of the same size as Adam's (the projection of Adam's
+step onto the gradient, averaged with beta2). That estimate is the SGD learning rate after the
+switch unless `sgd_lr` is given: a mis-scaled SGD learning rate is what makes a switch spike.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable
+
+import torch
+from torch.optim import Optimizer
+
+log = logging.getLogger("cifar_lightning")
+
+
+class AdamToSGD(Optimizer):
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        switch: str = "epoch",
+        switch_epoch: int = 2,
+        sgd_lr: float | None = None,
+        momentum: float = 0.9,
+        nesterov: bool = True,
+        swats_tol: float = 1e-5,
+    ) -> None:
+        if switch not in ("epoch", "swats"):
+            raise ValueError(f"switch must be 'epoch' or 'swats', got {switch!r}")
+        defaults = dict(
+            lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, momentum=momentum,
+            nesterov=nesterov, phase="adam", sgd_lr=sgd_lr, lr_estimate=0.0, steps=0,
+        )  # fmt: skip
+        super().__init__(params, defaults)
+        self.switch, self.switch_epoch, self.swats_tol = switch, switch_epoch, swats_tol
+
+    @property
+    def phase(self) -> str:
+        return self.param_groups[0]["phase"]
+
+    def on_train_epoch_start(self, epoch: int) -> None:
+        """Called by the LightningModule at each epoch start: the fixed-epoch switch."""
+        if self.switch == "epoch" and epoch >= self.switch_epoch:
+            for group in self.param_groups:
+                self._to_sgd(group, epoch=epoch)
+
+    def _to_sgd(self, group: dict, **where: int) -> None:
+        if group["phase"] == "sgd":
+            return
+        if group["sgd_lr"] is None:
+            # Bias-corrected SWATS estimate; fall back to Adam's lr before any step was taken.
+            k, beta2 = group["steps"], group["betas"][1]
+            estimate = float(group["lr_estimate"]) / (1 - beta2**k) if k else 0.0
+            group["sgd_lr"] = estimate if estimate > 0 and math.isfinite(estimate) else group["lr"]
+        group["phase"] = "sgd"
+        log.info(
+            "adam_to_sgd: switching to SGD (nesterov) with lr %.4g at %s",
+            group["sgd_lr"],
+            ", ".join(f"{k} {v}" for k, v in where.items()),
+        )
+
+    @torch.no_grad()
+    def step(self, closure=None):  # noqa: ANN001 - torch's signature
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            if group["phase"] == "adam":
+                self._adam_step(group)
+            else:
+                self._sgd_step(group)
+        return loss
+
+    def _adam_step(self, group: dict) -> None:
+        beta1, beta2 = group["betas"]
+        group["steps"] += 1
+        k = group["steps"]
+        step_dot_grad, step_sq = 0.0, 0.0
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            grad = p.grad.add(p, alpha=group["weight_decay"]) if group["weight_decay"] else p.grad
+            state = self.state[p]
+            if not state:
+                state["exp_avg"] = torch.zeros_like(p)
+                state["exp_avg_sq"] = torch.zeros_like(p)
+            m, v = state["exp_avg"], state["exp_avg_sq"]
+            m.mul_(beta1).add_(grad, alpha=1 - beta1)
+            v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            denom = (v / (1 - beta2**k)).sqrt_().add_(group["eps"])
+            update = (m / (1 - beta1**k)).div_(denom).mul_(-group["lr"])
+            p.add_(update)
+            # The dot products stay tensors until the end of the step: one sync per step.
+            step_dot_grad = step_dot_grad + (update * grad).sum()
+            step_sq = step_sq + (update * update).sum()
+        if not isinstance(step_dot_grad, torch.Tensor):
+            return
+        # gamma: the SGD lr whose step, projected on Adam's step, has the same length. Kept as a
+        # tensor (no host sync per step) and only updated when Adam's step descends (p.g < 0).
+        gamma = step_sq / (-step_dot_grad).clamp_min(1e-30)
+        est = torch.as_tensor(group["lr_estimate"], dtype=gamma.dtype, device=gamma.device)
+        est = torch.where(step_dot_grad < 0, beta2 * est + (1 - beta2) * gamma, est)
+        group["lr_estimate"] = est
+        if self.switch == "swats" and k > 1:
+            if (est / (1 - beta2**k) - gamma).abs().item() < self.swats_tol:
+                self._to_sgd(group, step=k)
+
+    def _sgd_step(self, group: dict) -> None:
+        # A scheduler scales Adam's lr; the SGD lr follows the same factor.
+        scale = group["lr"] / group.get("initial_lr", group["lr"])
+        lr = group["sgd_lr"] * scale
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            grad = p.grad.add(p, alpha=group["weight_decay"]) if group["weight_decay"] else p.grad
+            state = self.state[p]
+            buf = state.get("momentum_buffer")
+            if buf is None:
+                buf = state["momentum_buffer"] = grad.clone()
+            else:
+                buf.mul_(group["momentum"]).add_(grad)
+            p.add_(grad.add(buf, alpha=group["momentum"]) if group["nesterov"] else buf, alpha=-lr)

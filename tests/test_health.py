@@ -1,0 +1,138 @@
+"""Each training-health check, triggered by the cause it is meant to catch."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as L
+import torch
+from torch import nn
+
+from cifar_lightning.augment import AugmentPreset, train_transform
+from cifar_lightning.checkpoint import AtomicCheckpointIO
+from cifar_lightning.data import CIFAR10DataModule
+from cifar_lightning.health import HealthCheck, TrainingDiverged
+from cifar_lightning.module import Classifier
+
+SEED_PRESET = AugmentPreset(
+    crop_padding=4, flip=True, affine={"degrees": 40, "scale": (0.9, 1.1), "shear": 0},
+    perspective={"distortion_scale": 0.2}, color_jitter={"brightness": 0.5, "contrast": 0.5,
+    "saturation": 0.5}, rotation=30, mean=(0.5,) * 3, std=(0.5,) * 3,
+)  # fmt: skip
+
+
+def small_net() -> nn.Module:
+    # Mean colour -> class: learns the synthetic data within a few dozen steps.
+    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 64), nn.ReLU(),
+                         nn.Linear(64, 10))  # fmt: skip
+
+
+def make(root: Path, tmp_path: Path, lr: float = 0.05, epochs: int = 3, **health_kw):
+    torch.manual_seed(0)
+    dm = CIFAR10DataModule(root=str(root), download=False, batch_size=20, val_size=50,
+                           num_workers=0)  # fmt: skip
+    module = Classifier(small_net(), optimizer=lambda p: torch.optim.Adam(p, lr=lr))
+    health = HealthCheck(**health_kw)
+    trainer = L.Trainer(accelerator="cpu", max_epochs=epochs, logger=False, callbacks=[health],
+                        default_root_dir=tmp_path, enable_progress_bar=False,
+                        enable_checkpointing=False)  # fmt: skip
+    return dm, module, health, trainer
+
+
+def checks(health: HealthCheck, stage: str | None = None) -> set[str]:
+    return {f["check"] for f in health.findings if stage is None or f["stage"] == stage}
+
+
+def test_a_healthy_run_has_no_findings(folder_root, tmp_path):
+    dm, module, health, trainer = make(folder_root, tmp_path)
+    trainer.fit(module, datamodule=dm)
+    trainer.test(module, datamodule=dm, verbose=False)
+    assert health.findings == []
+
+
+def test_the_seeds_augmented_test_set_is_found(folder_root, tmp_path):
+    dm, module, health, trainer = make(folder_root, tmp_path)
+    dm.setup()
+    dm.test_set.transform = train_transform(SEED_PRESET)  # "the same method" for test data
+    trainer.test(module, datamodule=dm, verbose=False)
+    assert "random_eval_transform" in checks(health, "test")
+
+
+def test_evaluating_an_untrained_copy_is_found(folder_root, tmp_path):
+    dm, module, health, trainer = make(folder_root, tmp_path)
+    untrained = copy.deepcopy(module)  # the copy made before training, then evaluated
+    trainer.fit(module, datamodule=dm)
+    assert health.reference_acc > 0.5
+    trainer.test(untrained, datamodule=dm, verbose=False)
+    found = checks(health, "test")
+    assert "chance_accuracy" in found and "prediction_collapse" in found
+    message = next(f["message"] for f in health.findings if f["check"] == "chance_accuracy")
+    assert "may not be the trained one" in message
+
+
+class Constant(nn.Module):
+    """A collapsed classifier: the same logits whatever the input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.tensor([0.0, 0, 0, 5, 0, 0, 0, 0, 0, 0]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bias.expand(len(x), -1) + 0 * x.mean()
+
+
+def test_a_collapsed_classifier_is_found(folder_root, tmp_path):
+    dm, _, health, trainer = make(folder_root, tmp_path)
+    module = Classifier(Constant(), optimizer=torch.optim.SGD)
+    trainer.test(module, datamodule=dm, verbose=False)
+    message = next(f["message"] for f in health.findings if f["check"] == "prediction_collapse")
+    assert "only 1 of 10 classes" in message
+
+
+class NaNAt(L.Callback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: ANN001
+        if trainer.global_step == self.step:
+            with torch.no_grad():
+                next(pl_module.parameters()).fill_(float("nan"))
+
+
+def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(folder_root, tmp_path):
+    dm, module, health, _ = make(folder_root, tmp_path, sync_every_n_steps=100)
+    ckpts = L.callbacks.ModelCheckpoint(dirpath=tmp_path, save_top_k=0, save_last=True,
+                                        every_n_train_steps=2)  # fmt: skip
+    trainer = L.Trainer(accelerator="cpu", max_epochs=3, logger=False, enable_progress_bar=False,
+                        callbacks=[NaNAt(5), health, ckpts], default_root_dir=tmp_path,
+                        plugins=[AtomicCheckpointIO()])  # fmt: skip
+    with pytest.raises(TrainingDiverged, match="not finite"):
+        trainer.fit(module, datamodule=dm)
+    last = torch.load(tmp_path / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 4
+    assert all(torch.isfinite(t).all() for t in last["state_dict"].values())
+    assert "nonfinite_loss" in checks(health)
+
+
+def test_a_loss_that_does_not_fall_is_found(folder_root, tmp_path):
+    dm, module, health, trainer = make(folder_root, tmp_path, lr=0.0, epochs=1,
+                                       loss_window_steps=5)  # fmt: skip
+    trainer.fit(module, datamodule=dm)
+    assert "loss_not_falling" in checks(health, "train")
+
+
+def test_overlap_labels_and_empty_classes_are_found(folder_root, tmp_path):
+    dm, module, health, trainer = make(folder_root, tmp_path, epochs=1)
+    dm.setup()
+    dm.val_set.x = dm.train_set.x[: len(dm.val_set)].clone()  # validation on training images
+    keep = dm.train_set.y != 7  # no training sample of class 7
+    dm.train_set.x, dm.train_set.y = dm.train_set.x[keep], dm.train_set.y[keep]
+    trainer.fit(module, datamodule=dm)
+    assert {"overlap", "empty_class"} <= checks(health)
+    dm.test_set.y = dm.test_set.y.clone()
+    dm.test_set.y[0] = 12
+    with pytest.raises(Exception):  # noqa: B017 - the metric rejects it too, after the check
+        trainer.test(module, datamodule=dm, verbose=False)
+    assert "label_range" in checks(health, "test")
