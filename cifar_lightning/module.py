@@ -37,10 +37,12 @@ class Classifier(L.LightningModule):
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         # One metric object per stage: their states never mix.
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.train_acc.persistent(True)  # a mid-epoch resume keeps the epoch's running counts
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_class_acc = MulticlassAccuracy(num_classes, average=None)
         self.test_confmat = MulticlassConfusionMatrix(num_classes)
+        self.lr: float | None = None  # the LR finder's suggestion, when tune_lr=true
         self.run_config: dict | None = None  # set by the training script, saved in checkpoints
         self.test_report: dict[str, Any] = {}
 
@@ -100,6 +102,9 @@ class Classifier(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         optimizer = self.make_optimizer(self.parameters())
+        if self.lr is not None:  # set by the LR finder (tune_lr=true)
+            for group in optimizer.param_groups:
+                group["lr"] = self.lr
         if self.make_scheduler is None:
             return optimizer
         total = int(self.trainer.estimated_stepping_batches)
@@ -107,3 +112,19 @@ class Classifier(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["run_config"] = self.run_config
+        # Random state too (dropout masks): a resumed run continues the same random stream.
+        checkpoint["rng_state"] = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            checkpoint["rng_state"]["cuda"] = torch.cuda.get_rng_state_all()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._rng_state = checkpoint.get("rng_state")
+
+    def on_train_start(self) -> None:
+        # Restored here, after the sanity check, right before the first resumed batch.
+        state = getattr(self, "_rng_state", None)
+        if state is not None:
+            torch.set_rng_state(state["torch"])
+            if "cuda" in state and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(state["cuda"])
+            self._rng_state = None

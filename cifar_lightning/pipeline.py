@@ -68,6 +68,15 @@ def run_test(trainer: L.Trainer, module: Classifier, datamodule: CIFAR10DataModu
     return {"test_acc": metrics["test/acc"], "test_loss": metrics["test/loss"], **report}
 
 
+def tune_lr(trainer: L.Trainer, module: Classifier, datamodule: CIFAR10DataModule) -> None:
+    """Lightning's LR range test on the training data; the suggestion replaces optimizer.lr."""
+    from pytorch_lightning.tuner import Tuner
+
+    module.lr = None  # the finder writes its suggestion here; configure_optimizers reads it
+    finder = Tuner(trainer).lr_find(module, datamodule=datamodule, attr_name="lr", update_attr=True)
+    log.info("tune_lr: suggested learning rate %.3g", finder.suggestion())
+
+
 def _scalar(metrics: dict, key: str) -> float | None:
     return float(metrics[key]) if key in metrics else None
 
@@ -92,6 +101,8 @@ def train(cfg: DictConfig) -> float | None:
     trainer = make_trainer(cfg, callbacks, out)
 
     fit_seconds, train_metrics = None, {}
+    if cfg.train and cfg.tune_lr:
+        tune_lr(trainer, module, datamodule)
     if cfg.train:
         start = time.perf_counter()
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)

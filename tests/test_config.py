@@ -118,7 +118,7 @@ def test_debug_options(option):
 def test_callbacks_default():
     cfg = compose_train()
     assert cfg.callbacks.model_checkpoint.monitor == "val/acc"
-    assert cfg.callbacks.model_checkpoint.save_last is True
+    assert cfg.callbacks.last_checkpoint.every_n_train_steps > 0
 
 
 def test_seed_reproduction_experiment():

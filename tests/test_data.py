@@ -83,9 +83,25 @@ def test_eval_transforms_are_deterministic_and_train_transforms_random(folder_ro
     mean, std = torch.tensor(dm.augment.mean), torch.tensor(dm.augment.std)
     expected = (raw - mean[:, None, None]) / std[:, None, None]
     assert torch.allclose(dm.test_set[3][0], expected, atol=1e-5)
-    torch.manual_seed(0)
-    draws = [dm.train_set[3][0] for _ in range(8)]
+    # Training draws: image 3 in epochs 0..7 gets a new augmentation each epoch, and the same
+    # draw always the same one (seeded by run seed and draw, not by worker or global RNG).
+    n = len(dm.train_set)
+    draws = [dm.train_set[3 + epoch * n][0] for epoch in range(8)]
     assert any(not torch.equal(draws[0], d) for d in draws[1:])
+    torch.manual_seed(123)
+    assert torch.equal(dm.train_set[3 + n][0], draws[1])
+
+
+def test_epoch_sampler_orders_and_shards(folder_root):
+    from cifar_lightning.data.datamodule import EpochSampler
+
+    a, b = EpochSampler(10, seed=0), EpochSampler(10, seed=0)
+    assert list(a) == list(b) and sorted(x % 10 for x in a) == list(range(10))
+    b.set_epoch(1)
+    assert list(a) != list(b) and all(10 <= x < 20 for x in b)
+    ranks = [EpochSampler(11, seed=0, rank=r, world_size=2) for r in (0, 1)]
+    shares = [set(s) for s in ranks]
+    assert len(shares[0]) == len(shares[1]) == len(ranks[0]) == 5 and not shares[0] & shares[1]
 
 
 def test_loaders_batch_shapes(folder_root):

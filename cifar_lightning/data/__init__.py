@@ -1,0 +1,3 @@
+from cifar_lightning.data.datamodule import CIFAR10DataModule
+
+__all__ = ["CIFAR10DataModule"]

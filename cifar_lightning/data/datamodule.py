@@ -1,0 +1,210 @@
+"""The CIFAR-10 LightningDataModule: cache, splits, transforms and loaders."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as L
+import torch
+from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from cifar_lightning import CLASSES
+from cifar_lightning.augment import AugmentPreset, eval_transform, train_transform
+from cifar_lightning.data import sources
+from cifar_lightning.errors import DataError, UserError
+
+
+def _mix(*ints: int) -> int:
+    """A 63-bit seed from several integers (splitmix-style), stable across processes."""
+    h = 0x9E3779B97F4A7C15
+    for i in ints:
+        h = ((h ^ (i & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+        h ^= h >> 31
+    return h & 0x7FFFFFFFFFFFFFFF
+
+
+class ImageTensorDataset(Dataset):
+    """uint8 images (N, 3, 32, 32) and labels, with a per-image transform.
+
+    With `seed` set (training), an index may be a *draw* `epoch * N + i` from EpochSampler and
+    the transform's randomness is seeded by (seed, draw): an image gets the same augmentation
+    whichever worker, process or resumed run computes it.
+    """
+
+    def __init__(
+        self, x: torch.Tensor, y: torch.Tensor, transform: Callable, seed: int | None = None
+    ) -> None:
+        self.x, self.y, self.transform, self.seed = x, y, transform, seed
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, draw: int) -> tuple[torch.Tensor, torch.Tensor]:
+        i = draw % len(self.y)
+        if self.seed is None:
+            return self.transform(self.x[i]), self.y[i]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(_mix(self.seed, draw))
+            return self.transform(self.x[i]), self.y[i]
+
+
+class EpochSampler(Sampler[int]):
+    """Each epoch's order is a function of (seed, epoch) alone, so a resumed run sees the same
+    order; yields draws `epoch * N + i` (see ImageTensorDataset). Under DDP each rank takes a
+    disjoint share of equal length, so every rank runs the same number of steps. Lightning calls
+    set_epoch at each epoch start."""
+
+    def __init__(self, n: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
+        self.n, self.seed, self.rank, self.world_size = n, seed, rank, world_size
+        self.epoch = 0
+        self.resume: tuple[int, int] | None = None  # (epoch, draws to skip) after a restore
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n // self.world_size
+
+    def __iter__(self) -> Iterator[int]:
+        gen = torch.Generator().manual_seed(_mix(self.seed, self.epoch))
+        order = torch.randperm(self.n, generator=gen)[self.rank : len(self) * self.world_size]
+        order = order[:: self.world_size]
+        if self.resume is not None:
+            epoch, skip = self.resume
+            self.resume = None  # a resume skips once, and only within its own epoch
+            if epoch == self.epoch:
+                order = order[skip:]
+        return iter((order + self.epoch * self.n).tolist())
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader that Lightning can checkpoint mid-epoch (state_dict/load_state_dict): a
+    resumed run continues with the next batch of the same epoch instead of restarting it."""
+
+    def __iter__(self) -> Iterator:
+        self._yielded = 0
+        for batch in super().__iter__():
+            self._yielded += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        # Lightning knows this loader's length, so its fetcher does not read ahead to find the
+        # epoch's end: every yielded batch has been trained on when a checkpoint is taken
+        # (tests/test_resume.py checks this end to end).
+        return {"epoch": self.sampler.epoch, "consumed": getattr(self, "_yielded", 0)}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.sampler.resume = (state["epoch"], state["consumed"] * self.batch_size)
+
+
+class CIFAR10DataModule(L.LightningDataModule):
+    classes = CLASSES
+
+    def __init__(
+        self,
+        root: str = "data/",
+        download: bool = True,
+        batch_size: int = 128,
+        eval_batch_size: int = 512,
+        val_size: int = 5000,
+        split_seed: int = 0,
+        num_workers: int = 2,
+        augment: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1 or eval_batch_size < 1:
+            raise UserError(
+                f"data.batch_size and data.eval_batch_size must be >= 1, got "
+                f"{batch_size} and {eval_batch_size}"
+            )
+        self.root = Path(root)
+        self.download = download
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.val_size = val_size
+        self.split_seed = split_seed
+        self.num_workers = num_workers
+        self.augment = AugmentPreset.from_config(augment)
+        self.train_set: ImageTensorDataset | None = None
+        self.val_set: ImageTensorDataset | None = None
+        self.test_set: ImageTensorDataset | None = None
+
+    @property
+    def has_val(self) -> bool:
+        return self.val_size > 0
+
+    def prepare_data(self) -> None:
+        sources.prepare(self.root, self.download)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:  # fit and test share one load
+            return
+        splits = sources.load(self.root)
+        n = len(splits.train_y)
+        if not 0 <= self.val_size < n:
+            raise DataError(
+                f"data.val_size={self.val_size} must be between 0 and {n - 1} "
+                f"(the training split under {self.root} has {n} images)"
+            )
+        # A generator of its own, not the global seed: every run validates on the same images.
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed))
+        self.val_index, self.train_index = perm[: self.val_size], perm[self.val_size :]
+        train_tf, eval_tf = train_transform(self.augment), eval_transform(self.augment)
+        x, y = splits.train_x, splits.train_y
+        self.train_set = ImageTensorDataset(
+            x[self.train_index], y[self.train_index], train_tf, seed=self._seed()
+        )
+        self.val_set = ImageTensorDataset(x[self.val_index], y[self.val_index], eval_tf)
+        self.test_set = ImageTensorDataset(splits.test_x, splits.test_y, eval_tf)
+
+    def _seed(self) -> int:
+        # The run's seed (seed_everything sets PL_GLOBAL_SEED), so each seed shuffles and
+        # augments differently, and reproducibly.
+        return int(os.environ.get("PL_GLOBAL_SEED", 0))
+
+    def _options(self) -> dict[str, Any]:
+        return {
+            "num_workers": self.num_workers,
+            "persistent_workers": self.num_workers > 0,
+            "pin_memory": torch.cuda.is_available(),
+            # Its own generator: creating an iterator then never draws from the global random
+            # stream, which a resumed run must find exactly where the interrupted one left it.
+            "generator": torch.Generator(),
+        }
+
+    def _world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def train_dataloader(self) -> DataLoader:
+        # The datamodule shards for DDP itself (trainer use_distributed_sampler: false), so its
+        # sampler keeps control of the order and the per-draw augmentation seeds.
+        rank, world = self._world()
+        sampler = EpochSampler(len(self.train_set), self._seed(), rank, world)
+        return ResumableLoader(
+            self.train_set, batch_size=self.batch_size, sampler=sampler, **self._options()
+        )
+
+    def val_dataloader(self) -> DataLoader | list:
+        # An empty list tells Lightning there is no validation (data.val_size=0).
+        return self._eval_loader(self.val_set) if self.has_val else []
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader(self.test_set)
+
+    def _eval_loader(self, dataset: Dataset) -> DataLoader:
+        rank, world = self._world()
+        sampler = None
+        if world > 1:
+            # DistributedSampler pads the last shard with repeats, so some images would count
+            # twice; this one gives each rank a disjoint share and pads nothing.
+            sampler = UnrepeatedDistributedSampler(
+                dataset, num_replicas=world, rank=rank, shuffle=False
+            )
+        return DataLoader(
+            dataset, batch_size=self.eval_batch_size, sampler=sampler, **self._options()
+        )

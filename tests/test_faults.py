@@ -1,0 +1,118 @@
+"""Safe checkpoint loading, atomic files, and clear errors for unwritable outputs."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from cifar_lightning import checkpoint
+from cifar_lightning.data import sources
+from cifar_lightning.errors import UserError
+from cifar_lightning.models.seed_cnn import SeedCNN
+from cifar_lightning.preflight import check_cli
+from tests.conftest import run_cli
+from tests.synthetic import write_folder_layout
+
+MARKER = "pwned-by-pickle"
+
+
+class Payload:
+    """Unpickling this runs a shell command: what a malicious checkpoint would do."""
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"echo {MARKER} > {Payload.target}",))
+
+
+def test_a_checkpoint_with_a_pickle_payload_is_refused(tmp_path):
+    Payload.target = tmp_path / "owned"
+    ckpt = {"state_dict": {}, "evil": Payload()}
+    path = tmp_path / "evil.ckpt"
+    with path.open("wb") as f:
+        pickle.dump(ckpt, f)  # a plain pickle, as torch.load would accept without weights_only
+    with pytest.raises(UserError, match="refusing to load"):
+        checkpoint.load(path)
+    assert not Payload.target.exists(), "the payload must never run"
+    torch.save(ckpt, tmp_path / "evil2.ckpt")  # the same through torch's zip format
+    with pytest.raises(UserError, match="refusing to load"):
+        checkpoint.load(tmp_path / "evil2.ckpt")
+    assert not Payload.target.exists()
+
+
+def test_a_checkpoint_of_another_model_is_an_error_not_an_untrained_model(tmp_path):
+    net = SeedCNN()
+    ckpt = {"state_dict": {k: v for k, v in net.state_dict().items() if "head" not in k}}
+    with pytest.raises(UserError, match="missing keys"):
+        checkpoint.restore_weights(SeedCNN(), ckpt, "x.ckpt")
+    ckpt = {"state_dict": {**net.state_dict(), "extra.weight": torch.zeros(1)}}
+    with pytest.raises(UserError, match="unexpected keys"):
+        checkpoint.restore_weights(SeedCNN(), ckpt, "x.ckpt")
+    wide = SeedCNN(widths=[[32, 64], [64, 128], [128, 120]]).state_dict()
+    with pytest.raises(UserError, match="does not fit the model"):
+        checkpoint.restore_weights(SeedCNN(), {"state_dict": wide}, "x.ckpt")
+
+
+def _prepare(root: str) -> None:
+    sources.prepare(root, allow_download=False)
+
+
+def test_two_processes_building_the_same_cache_neither_crash_nor_corrupt(tmp_path):
+    root = write_folder_layout(tmp_path / "d", n_train=30, n_test=5)
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_prepare, args=(str(root),)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    splits = sources.load(root)
+    assert len(splits.train_y) == 300 and len(splits.test_y) == 50
+    assert not list(root.glob(".*.tmp"))
+
+
+def test_an_unwritable_output_folder_is_refused_before_anything_runs(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(UserError, match="cannot write run outputs.*hydra.run.dir=PATH"):
+        check_cli([f"hydra.run.dir={blocker / 'run'}"])
+    with pytest.raises(UserError, match="hydra.sweep.dir=PATH"):
+        check_cli(["-m", f"hydra.sweep.dir={blocker / 'sweep'}"])
+    check_cli([f"hydra.run.dir={tmp_path / 'fine'}"])
+
+
+@pytest.mark.slow
+def test_cli_unwritable_output_is_one_clear_error(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    proc = run_cli("train.py", f"hydra.run.dir={blocker / 'run'}")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("error: cannot write run outputs")
+
+
+def test_a_missing_plugin_is_named_with_its_install_command(monkeypatch):
+    from cifar_lightning import preflight
+
+    monkeypatch.setattr(preflight, "_installed", lambda module: False)
+    with pytest.raises(UserError, match=r"pip install -e '\.\[sweep\]'"):
+        check_cli(["-m", "hydra/launcher=joblib"])
+    with pytest.raises(UserError, match=r"\.\[slurm\]"):
+        check_cli(["-m", "hydra/launcher=slurm"])
+
+
+def test_damaged_results_never_replace_good_ones(tmp_path):
+    from cifar_lightning.fileio import write_json
+
+    write_json(tmp_path / "results.json", {"test_acc": 0.5})
+
+    class Boom:
+        pass
+
+    with pytest.raises(TypeError):
+        write_json(tmp_path / "results.json", {"test_acc": Boom()})
+    assert (tmp_path / "results.json").read_text().strip().endswith("}")
+    assert not list(Path(tmp_path).glob(".*.tmp"))
