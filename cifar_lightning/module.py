@@ -14,6 +14,7 @@ from torchmetrics.classification import (
 )
 
 from cifar_lightning import DISPLAY_NAMES
+from cifar_lightning.ema import tta_logits
 
 
 class Classifier(L.LightningModule):
@@ -25,6 +26,10 @@ class Classifier(L.LightningModule):
         num_classes: int = 10,
         class_names: Sequence[str] = DISPLAY_NAMES,
         label_smoothing: float = 0.0,
+        tta_level: int = 0,
+        channels_last: bool = False,
+        compile: bool = False,
+        norm_bias_lr_scale: float = 1.0,
     ) -> None:
         super().__init__()
         # The network, optimizer and schedule live in the run config stored in each checkpoint;
@@ -42,15 +47,41 @@ class Classifier(L.LightningModule):
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_class_acc = MulticlassAccuracy(num_classes, average=None)
         self.test_confmat = MulticlassConfusionMatrix(num_classes)
+        self.tta_level = tta_level  # test-time augmentation in test_step (0: off; see ema.py)
+        self.channels_last = channels_last
+        self.norm_bias_lr_scale = norm_bias_lr_scale  # airbench: BN biases learn 64x faster
+        # torch.compile'd forward; kept out of the module tree so checkpoints hold `net.*` only
+        self._compiled = torch.compile(net) if compile else None
         self.lr: float | None = None  # the LR finder's suggestion, when tune_lr=true
         self.run_config: dict | None = None  # set by the training script, saved in checkpoints
         self.test_report: dict[str, Any] = {}
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)
+        return (self._compiled or self.net)(x)
+
+    def setup(self, stage: str) -> None:
+        if self.channels_last:
+            self.net.to(memory_format=torch.channels_last)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        x, y = batch
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y
+
+    def on_fit_start(self) -> None:
+        # fastnet's first layer is set from the training images' patch statistics, once (a
+        # resumed run restores it from the checkpoint).
+        init = getattr(self.net, "init_whitening", None)
+        if init is not None and not bool(self.net.whitened):
+            init(self.trainer.datamodule.whitening_images(5000).to(self.device))
 
     def on_train_epoch_start(self) -> None:
-        # Optimizers that change with the epoch (adam_to_sgd) get told which one starts.
+        # Networks and optimizers that change with the epoch (fastnet's whitening bias,
+        # adam_to_sgd) get told which one starts.
+        set_epoch = getattr(self.net, "set_epoch", None)
+        if set_epoch is not None:
+            set_epoch(self.current_epoch)
         for opt in self._raw_optimizers():
             hook = getattr(opt, "on_train_epoch_start", None)
             if hook is not None:
@@ -82,7 +113,7 @@ class Classifier(L.LightningModule):
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
         x, y = batch
-        logits = self(x)
+        logits = tta_logits(self.net, x, self.tta_level) if self.tta_level else self(x)
         preds = logits.argmax(1)
         self.test_acc(preds, y)
         self.test_class_acc.update(preds, y)
@@ -101,7 +132,7 @@ class Classifier(L.LightningModule):
         self.test_confmat.reset()
 
     def configure_optimizers(self) -> Any:
-        optimizer = self.make_optimizer(self.parameters())
+        optimizer = self.make_optimizer(self._param_groups())
         if self.lr is not None:  # set by the LR finder (tune_lr=true)
             for group in optimizer.param_groups:
                 group["lr"] = self.lr
@@ -109,6 +140,21 @@ class Classifier(L.LightningModule):
             return optimizer
         total = int(self.trainer.estimated_stepping_batches)
         return {"optimizer": optimizer, "lr_scheduler": self.make_scheduler(optimizer, total)}
+
+    def _param_groups(self) -> list[dict[str, Any]]:
+        params = [(n, p) for n, p in self.net.named_parameters() if p.requires_grad]
+        if self.norm_bias_lr_scale == 1.0:
+            return [{"params": [p for _, p in params]}]
+        # Norm-layer biases at a scaled lr, with weight decay scaled down by the same factor so
+        # that the decay per step (lr * weight_decay) is unchanged (airbench's grouping).
+        opts = getattr(self.make_optimizer, "keywords", {})
+        scale = self.norm_bias_lr_scale
+        biases = [p for n, p in params if "norm" in n and n.endswith("bias")]
+        others = [p for n, p in params if not ("norm" in n and n.endswith("bias"))]
+        group = {"params": biases, "lr": opts["lr"] * scale}
+        if opts.get("weight_decay"):
+            group["weight_decay"] = opts["weight_decay"] / scale
+        return [{"params": others}, group]
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["run_config"] = self.run_config

@@ -64,7 +64,8 @@ def resume_path(cfg: DictConfig, out: Path) -> str | None:
 def run_test(trainer: L.Trainer, module: Classifier, datamodule: CIFAR10DataModule) -> dict:
     [metrics] = trainer.test(module, datamodule=datamodule, verbose=False)
     report = module.test_report
-    results.print_report(metrics["test/acc"], report["per_class_acc"])
+    if trainer.is_global_zero:
+        results.print_report(metrics["test/acc"], report["per_class_acc"])
     return {"test_acc": metrics["test/acc"], "test_loss": metrics["test/loss"], **report}
 
 
@@ -91,7 +92,7 @@ def train(cfg: DictConfig) -> float | None:
 
     ckpt_path = resume_path(cfg, out)
 
-    callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values()]
+    callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c is not None]
     health = instantiate(cfg.health)
     if health is not None:
         callbacks.append(health)
@@ -112,6 +113,12 @@ def train(cfg: DictConfig) -> float | None:
     tested = None
     if cfg.train and ckpt_cb is not None and ckpt_cb.best_model_path:
         tested = ckpt_cb.best_model_path
+    elif cfg.train and not trainer.fast_dev_run:
+        # No best-by-validation checkpoint (no model_checkpoint callback): the model after the
+        # last step is the one to test. Saved after fit, so end-of-training callbacks (weight
+        # averaging) are in it, and eval.py can reproduce the test.
+        tested = str(out / "checkpoints" / "last.ckpt")
+        trainer.save_checkpoint(tested)
     elif not cfg.train and ckpt_path is not None:
         tested = ckpt_path
     if tested is not None:

@@ -7,7 +7,7 @@ returns a Lightning scheduler config, so no config hard-codes a schedule length.
 from __future__ import annotations
 
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import CosineAnnealingLR, OneCycleLR
+from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, OneCycleLR
 
 
 def onecycle(
@@ -19,4 +19,26 @@ def onecycle(
 
 def cosine(optimizer: Optimizer, total_steps: int, eta_min: float = 0.0) -> dict:
     sched = CosineAnnealingLR(optimizer, T_max=total_steps, eta_min=eta_min)
+    return {"scheduler": sched, "interval": "step"}
+
+
+class _Triangle:
+    """lr factor: linear from `start` to 1 at `peak` (a fraction of the run), then to `end`."""
+
+    def __init__(self, total_steps: int, start: float, peak: float, end: float) -> None:
+        self.total, self.start, self.peak, self.end = total_steps, start, peak, end
+
+    def __call__(self, step: int) -> float:
+        t = step / max(1, self.total)
+        if t < self.peak:
+            return self.start + (1 - self.start) * t / self.peak
+        return 1 + (self.end - 1) * min(1.0, (t - self.peak) / (1 - self.peak))
+
+
+def triangle(
+    optimizer: Optimizer, total_steps: int, start: float = 0.2, peak: float = 0.23,
+    end: float = 0.07,
+) -> dict:  # fmt: skip
+    """airbench94's warm-up then linear decay."""
+    sched = LambdaLR(optimizer, _Triangle(total_steps, start, peak, end))
     return {"scheduler": sched, "interval": "step"}

@@ -114,3 +114,43 @@ def test_multirun_gives_each_job_its_folder_and_survives_a_failing_job(
     assert len(ok) == 2 and all("data.val_size=50," in name for name in ok)
     assert {name.split("optimizer=")[1].split(",")[0] for name in ok} == {"adam", "sgd"}
     assert "data.val_size=100000 must be between" in proc.stdout + proc.stderr
+
+
+def test_fast_cpu_recipe_learns_on_the_device_loader(folder_root: Path, tmp_path: Path):
+    proc = run_cli(
+        "train.py",
+        "experiment=fast_cpu",
+        f"data.root={folder_root}",
+        "data.batch_size=64",
+        "trainer.max_epochs=4",
+        f"hydra.run.dir={tmp_path}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["test_acc"] > 0.3, results  # chance is 0.1
+    assert results["best_val_acc"] is None and results["checkpoint"].endswith("last.ckpt")
+
+
+def test_ddp_on_two_cpu_processes_counts_every_test_image_once(tmp_path: Path):
+    from tests.synthetic import write_folder_layout
+
+    # 109 test images: an odd count, which DistributedSampler would pad with a repeat.
+    root = write_folder_layout(tmp_path / "data", n_train=30, n_test=11)
+    next((root / "test" / "cat").iterdir()).unlink()
+    run = tmp_path / "ddp"
+    proc = run_cli("train.py", f"data.root={root}", *FAST[:2], "data.val_size=50",
+                   "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+                   "trainer.max_epochs=2", f"hydra.run.dir={run}")  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    assert out.count("Total Accuracy:") == 1 and out.count("results: ") == 1  # rank 0 only
+    ddp = json.loads((run / "results.json").read_text())
+    single = tmp_path / "single"
+    proc = run_cli("eval.py", f"ckpt_path={ddp['checkpoint']}", "trainer.accelerator=cpu",
+                   "trainer.devices=1", f"hydra.run.dir={single}")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one = json.loads((single / "results.json").read_text())
+    assert one["test_acc"] == pytest.approx(ddp["test_acc"], abs=1e-6)
+    assert one["per_class_acc"] == pytest.approx(ddp["per_class_acc"], abs=1e-6)
+    # Every one of the 109 images counted once: accuracies are multiples of 1/109.
+    assert abs(ddp["test_acc"] * 109 - round(ddp["test_acc"] * 109)) < 1e-4

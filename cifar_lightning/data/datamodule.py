@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from cifar_lightning import CLASSES
 from cifar_lightning.augment import AugmentPreset, eval_transform, train_transform
 from cifar_lightning.data import sources
+from cifar_lightning.data.device import BatchAugment, DeviceBatches, normalize
 from cifar_lightning.errors import DataError, UserError
 
 
@@ -111,11 +112,20 @@ class CIFAR10DataModule(L.LightningDataModule):
         batch_size: int = 128,
         eval_batch_size: int = 512,
         val_size: int = 5000,
+        train_size: int | None = None,
         split_seed: int = 0,
         num_workers: int = 2,
+        loader: str = "torch",
+        alternating_flip: bool = False,
         augment: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        if loader not in ("torch", "device"):
+            raise UserError(
+                f"data.loader={loader!r} is not an option: use data.loader=torch "
+                f"(DataLoader, per-image transforms) or data.loader=device (the split "
+                f"on the training device, batched augmentation)"
+            )
         if batch_size < 1 or eval_batch_size < 1:
             raise UserError(
                 f"data.batch_size and data.eval_batch_size must be >= 1, got "
@@ -126,8 +136,12 @@ class CIFAR10DataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.val_size = val_size
+        self.train_size = train_size
         self.split_seed = split_seed
         self.num_workers = num_workers
+        self.loader = loader
+        self.alternating_flip = alternating_flip
+        self._on_device: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.augment = AugmentPreset.from_config(augment)
         self.train_set: ImageTensorDataset | None = None
         self.val_set: ImageTensorDataset | None = None
@@ -153,6 +167,8 @@ class CIFAR10DataModule(L.LightningDataModule):
         # A generator of its own, not the global seed: every run validates on the same images.
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed))
         self.val_index, self.train_index = perm[: self.val_size], perm[self.val_size :]
+        if self.train_size is not None:  # a fixed random subset, for quick studies
+            self.train_index = self.train_index[: self.train_size]
         train_tf, eval_tf = train_transform(self.augment), eval_transform(self.augment)
         x, y = splits.train_x, splits.train_y
         self.train_set = ImageTensorDataset(
@@ -180,7 +196,32 @@ class CIFAR10DataModule(L.LightningDataModule):
         trainer = self.trainer
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
-    def train_dataloader(self) -> DataLoader:
+    # -- data.loader=device: the uint8 split on the training device, augmented batch by batch --
+    def _device_split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if name not in self._on_device:  # one copy per split, kept for the whole run
+            ds = getattr(self, f"{name}_set")
+            device = self.trainer.strategy.root_device if self.trainer is not None else "cpu"
+            self._on_device[name] = (ds.x.to(device), ds.y.to(device))
+        return self._on_device[name]
+
+    def _device_batches(self, name: str, batch_size: int, train: bool) -> DeviceBatches:
+        x, y = self._device_split(name)
+        rank, world = self._world()
+        augment = None
+        if train and (self.augment.is_random or self.alternating_flip):
+            augment = BatchAugment(self.augment, self.alternating_flip, flip_seed=self._seed())
+        return DeviceBatches(
+            x, y, batch_size, shuffle=train, augment=augment, mean=self.augment.mean,
+            std=self.augment.std, seed=self._seed(), drop_last=train, rank=rank, world_size=world,
+        )  # fmt: skip
+
+    def whitening_images(self, n: int) -> torch.Tensor:
+        """The first n training images (a random draw), normalised, never augmented."""
+        return normalize(self.train_set.x[:n], self.augment.mean, self.augment.std)
+
+    def train_dataloader(self) -> DataLoader | DeviceBatches:
+        if self.loader == "device":
+            return self._device_batches("train", self.batch_size, train=True)
         # The datamodule shards for DDP itself (trainer use_distributed_sampler: false), so its
         # sampler keeps control of the order and the per-draw augmentation seeds.
         rank, world = self._world()
@@ -189,14 +230,17 @@ class CIFAR10DataModule(L.LightningDataModule):
             self.train_set, batch_size=self.batch_size, sampler=sampler, **self._options()
         )
 
-    def val_dataloader(self) -> DataLoader | list:
+    def val_dataloader(self) -> DataLoader | DeviceBatches | list:
         # An empty list tells Lightning there is no validation (data.val_size=0).
-        return self._eval_loader(self.val_set) if self.has_val else []
+        return self._eval_loader("val") if self.has_val else []
 
-    def test_dataloader(self) -> DataLoader:
-        return self._eval_loader(self.test_set)
+    def test_dataloader(self) -> DataLoader | DeviceBatches:
+        return self._eval_loader("test")
 
-    def _eval_loader(self, dataset: Dataset) -> DataLoader:
+    def _eval_loader(self, name: str) -> DataLoader | DeviceBatches:
+        if self.loader == "device":
+            return self._device_batches(name, self.eval_batch_size, train=False)
+        dataset = getattr(self, f"{name}_set")
         rank, world = self._world()
         sampler = None
         if world > 1:
