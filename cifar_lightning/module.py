@@ -63,7 +63,7 @@ class Classifier(L.LightningModule):
         if self.channels_last:
             self.net.to(memory_format=torch.channels_last)
 
-    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+    def _inputs(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
         x, y = batch
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -92,7 +92,7 @@ class Classifier(L.LightningModule):
         return opts if isinstance(opts, list) else [opts]
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
-        x, y = batch
+        x, y = self._inputs(batch)
         logits = self(x)
         loss = self.criterion(logits, y)
         preds = logits.detach().argmax(1)
@@ -103,7 +103,7 @@ class Classifier(L.LightningModule):
         return {"loss": loss, "preds": preds}  # predictions feed the health checks
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
-        x, y = batch
+        x, y = self._inputs(batch)
         logits = self(x)
         preds = logits.argmax(1)
         self.val_acc(preds, y)
@@ -112,7 +112,7 @@ class Classifier(L.LightningModule):
         return {"preds": preds}
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
-        x, y = batch
+        x, y = self._inputs(batch)
         logits = tta_logits(self.net, x, self.tta_level) if self.tta_level else self(x)
         preds = logits.argmax(1)
         self.test_acc(preds, y)

@@ -60,7 +60,11 @@ class AdamToSGD(Optimizer):
             # Bias-corrected SWATS estimate; fall back to Adam's lr before any step was taken.
             k, beta2 = group["steps"], group["betas"][1]
             estimate = float(group["lr_estimate"]) / (1 - beta2**k) if k else 0.0
-            group["sgd_lr"] = estimate if estimate > 0 and math.isfinite(estimate) else group["lr"]
+            if not (estimate > 0 and math.isfinite(estimate)):
+                estimate = group["lr"]
+            # Momentum multiplies SGD's steady step by 1 / (1 - momentum): scale it back so
+            # SGD's steps keep the size of Adam's (SWATS matches plain steps).
+            group["sgd_lr"] = estimate * (1 - group["momentum"])
         group["phase"] = "sgd"
         log.info(
             "adam_to_sgd: switching to SGD (nesterov) with lr %.4g at %s",

@@ -239,6 +239,10 @@ def _best_run(runs: list[Run]) -> Run | None:
     return max(done, key=lambda r: (r.results.get("best_val_acc") or -1, r.results["test_acc"]))
 
 
+def _rel(path: Path, base: Path) -> Path:
+    return path.relative_to(base) if path.is_relative_to(base) else path
+
+
 def write_report(paths: list[Path], target: float = 0.6) -> str:
     out = paths[0]
     runs = find_runs(paths)
@@ -271,11 +275,11 @@ def write_report(paths: list[Path], target: float = 0.6) -> str:
     ]  # fmt: skip
     if best is not None:
         lines += [f"Confusion matrix of the best run by validation accuracy "
-                  f"(`{best.path.relative_to(out) if best.path.is_relative_to(out) else best.path}`"
+                  f"(`{_rel(best.path, out)}`"
                   f", test acc {_pct(best.results['test_acc'])} %):", "",
                   "![confusion matrix](best_confusion_matrix.png)", ""]  # fmt: skip
     lines += ["## Failed or incomplete runs", ""]
-    lines += [f"- `{r.path}`: {r.problem}" for r in bad] or ["none"]
+    lines += [f"- `{_rel(r.path, out)}`: {r.problem}" for r in bad] or ["none"]
     report = "\n".join(lines) + "\n"
     atomic_write(out / "report.md", lambda f: f.write(report.encode()))
     return table + ("" if not bad else f"\n{len(bad)} failed or incomplete run(s): see report.md")
