@@ -78,6 +78,19 @@ def tune_lr(trainer: L.Trainer, module: Classifier, datamodule: CIFAR10DataModul
     log.info("tune_lr: suggested learning rate %.3g", finder.suggestion())
 
 
+def save_results(out: Path, test: dict, health: Any, **fields: Any) -> None:
+    """results.json (the outputs contract) and the confusion matrix, for train.py and eval.py."""
+    summary = {
+        "test_acc": test["test_acc"],
+        "test_loss": test["test_loss"],
+        "per_class_acc": test["per_class_acc"],
+        **fields,
+        "overrides": list(HydraConfig.get().overrides.task),
+        "health": health.findings if health is not None else [],
+    }
+    results.save(out, summary, test["confusion_matrix"])
+
+
 def _scalar(metrics: dict, key: str) -> float | None:
     return float(metrics[key]) if key in metrics else None
 
@@ -133,21 +146,16 @@ def train(cfg: DictConfig) -> float | None:
         return best_val
     test = run_test(trainer, module, datamodule)
     if trainer.is_global_zero:
-        summary: dict[str, Any] = {
-            "test_acc": test["test_acc"],
-            "test_loss": test["test_loss"],
-            "per_class_acc": test["per_class_acc"],
-            "train_acc": _scalar(train_metrics, "train/acc"),
-            "train_loss": _scalar(train_metrics, "train/loss"),
-            "best_val_acc": best_val,
-            "epochs": trainer.current_epoch,
-            "fit_seconds": fit_seconds,
-            "seed": seed,
-            "overrides": list(HydraConfig.get().overrides.task),
-            "checkpoint": tested,
-            "health": health.findings if health is not None else [],
-        }
-        results.save(out, summary, test["confusion_matrix"])
+        save_results(
+            out, test, health,
+            train_acc=_scalar(train_metrics, "train/acc"),
+            train_loss=_scalar(train_metrics, "train/loss"),
+            best_val_acc=best_val,
+            epochs=trainer.current_epoch,
+            fit_seconds=fit_seconds,
+            seed=seed,
+            checkpoint=tested,
+        )  # fmt: skip
     return best_val
 
 
@@ -174,19 +182,14 @@ def evaluate(cfg: DictConfig) -> float:
     trainer = make_trainer(cfg, [health] if health is not None else [], out)
     test = run_test(trainer, module, datamodule)
     if trainer.is_global_zero:
-        summary = {
-            "test_acc": test["test_acc"],
-            "test_loss": test["test_loss"],
-            "per_class_acc": test["per_class_acc"],
-            "train_acc": None,  # training metrics live in the training run's results.json
-            "train_loss": None,
-            "best_val_acc": best_val,
-            "epochs": ckpt.get("epoch", -1) + 1,
-            "fit_seconds": None,
-            "seed": run_cfg.get("seed"),
-            "overrides": list(HydraConfig.get().overrides.task),
-            "checkpoint": str(cfg.ckpt_path),
-            "health": health.findings if health is not None else [],
-        }
-        results.save(out, summary, test["confusion_matrix"])
+        save_results(
+            out, test, health,
+            train_acc=None,  # training metrics live in the training run's results.json
+            train_loss=None,
+            best_val_acc=best_val,
+            epochs=ckpt.get("epoch", -1) + 1,
+            fit_seconds=None,
+            seed=run_cfg.get("seed"),
+            checkpoint=str(cfg.ckpt_path),
+        )  # fmt: skip
     return test["test_acc"]
