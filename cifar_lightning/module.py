@@ -50,8 +50,9 @@ class Classifier(L.LightningModule):
         self.tta_level = tta_level  # test-time augmentation in test_step (0: off; see ema.py)
         self.channels_last = channels_last
         self.norm_bias_lr_scale = norm_bias_lr_scale  # airbench: BN biases learn 64x faster
-        # torch.compile'd forward; kept out of the module tree so checkpoints hold `net.*` only
-        self._compiled = torch.compile(net) if compile else None
+        # torch.compile'd forward, set past nn.Module's registration so that it stays out of
+        # the module tree: checkpoints hold `net.*` only, whether compiled or not.
+        object.__setattr__(self, "_compiled", torch.compile(net) if compile else None)
         self.lr: float | None = None  # the LR finder's suggestion, when tune_lr=true
         self.run_config: dict | None = None  # set by the training script, saved in checkpoints
         self.test_report: dict[str, Any] = {}
