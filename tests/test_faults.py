@@ -116,3 +116,29 @@ def test_damaged_results_never_replace_good_ones(tmp_path):
         write_json(tmp_path / "results.json", {"test_acc": Boom()})
     assert (tmp_path / "results.json").read_text().strip().endswith("}")
     assert not list(Path(tmp_path).glob(".*.tmp"))
+
+
+def test_ckpt_path_last_finds_the_newest_run_with_the_same_overrides(tmp_path):
+    import os
+
+    def make_run(name: str, overrides: list[str], mtime: int, with_ckpt: bool = True) -> Path:
+        run = tmp_path / "runs" / name
+        (run / ".hydra").mkdir(parents=True)
+        (run / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+        if with_ckpt:
+            ckpt = run / "checkpoints" / "last.ckpt"
+            ckpt.parent.mkdir()
+            ckpt.write_bytes(b"x")
+            os.utime(ckpt, (mtime, mtime))
+        return run
+
+    same = ["optimizer=sgd", "seed=1"]
+    make_run("a", same, 100)
+    newest = make_run("b", [*same, "ckpt_path=x"], 200)
+    make_run("c", ["optimizer=adam", "seed=1"], 300)  # other config
+    make_run("d", same, 400, with_ckpt=False)  # nothing to resume from
+    current = make_run("e", [*same, "ckpt_path=last"], 500)  # this run itself
+    found = checkpoint.find_last([*same, "ckpt_path=last"], [tmp_path / "runs"], exclude=current)
+    assert found == (newest / "checkpoints" / "last.ckpt").resolve()
+    with pytest.raises(UserError, match="ckpt_path=last: no earlier run"):
+        checkpoint.find_last(["optimizer=adamw"], [tmp_path / "runs"], exclude=current)
