@@ -11,9 +11,6 @@
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -25,6 +22,7 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere
 
+from benchmarks.common import machine, save  # noqa: E402
 from cifar_lightning.augment import AugmentPreset, train_transform  # noqa: E402
 from cifar_lightning.data.datamodule import ImageTensorDataset  # noqa: E402
 from cifar_lightning.data.device import BatchAugment  # noqa: E402
@@ -119,16 +117,9 @@ def main() -> None:
         "repeats": args.repeats,
         "device": args.device,
         "data": args.data_root or "random uint8",
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "cpus": os.cpu_count(),
-        "machine": platform.machine(),
-        "loadavg": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        **machine(),
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    save(result, args.out)
 
 
 if __name__ == "__main__":

@@ -24,10 +24,7 @@ import argparse
 import contextlib
 import copy
 import itertools
-import json
 import logging
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -45,6 +42,7 @@ from omegaconf import DictConfig, OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere
 
+from benchmarks.common import machine, save  # noqa: E402
 from cifar_lightning.augment import AugmentPreset  # noqa: E402
 from cifar_lightning.data.device import BatchAugment, DeviceBatches, normalize  # noqa: E402
 from cifar_lightning.module import Classifier  # noqa: E402
@@ -312,17 +310,10 @@ def main() -> None:
         "precision": s.precision,
         "device": args.device,
         "data": args.data_root or "random uint8",
-        "torch": torch.__version__,
         "pytorch_lightning": L.__version__,
-        "threads": torch.get_num_threads(),
-        "cpus": os.cpu_count(),
-        "machine": platform.machine(),
-        "loadavg": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        **machine(),
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    save(result, args.out)
 
 
 if __name__ == "__main__":

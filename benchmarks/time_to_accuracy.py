@@ -27,10 +27,7 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import logging
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -47,6 +44,7 @@ from omegaconf import DictConfig, OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere
 
+from benchmarks.common import machine, save  # noqa: E402
 from cifar_lightning.data import CIFAR10DataModule  # noqa: E402
 from cifar_lightning.ema import tta_logits  # noqa: E402
 from cifar_lightning.module import Classifier  # noqa: E402
@@ -309,18 +307,11 @@ def main() -> None:
         "callbacks": [type(c).__name__ for c in callbacks],
         "config": {k: OmegaConf.to_container(cfg[k], resolve=True) for k in keys if k in cfg},
         "device": str(module.device),
-        "torch": torch.__version__,
         "pytorch_lightning": L.__version__,
-        "threads": torch.get_num_threads(),
-        "cpus": os.cpu_count(),
-        "machine": platform.machine(),
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-        "loadavg": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        **machine(),
     }
-    out = Path(args.out or f"benchmarks/results/time_to_accuracy_{args.experiment}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    save(result, args.out or f"benchmarks/results/time_to_accuracy_{args.experiment}.json")
 
 
 if __name__ == "__main__":
