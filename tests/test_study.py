@@ -145,3 +145,20 @@ def test_optuna_search_composes_and_optimises_val_acc():
         cfg = compose("train", overrides=["hparams_search=optuna_lr"], return_hydra_config=True)
     assert cfg.hydra.sweeper.direction == "maximize"
     assert "optimizer.lr" in cfg.hydra.sweeper.params
+
+
+@pytest.mark.slow
+def test_tune_lr_and_optuna_search_run_on_validation_only(folder_root, tmp_path):
+    common = [f"data.root={folder_root}", "data.num_workers=0", "data.batch_size=32",
+              "data.val_size=50", "trainer.max_epochs=1"]  # fmt: skip
+    proc = run_cli("train.py", *common, "tune_lr=true", f"hydra.run.dir={tmp_path / 'lr'}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "tune_lr: suggested learning rate" in proc.stdout + proc.stderr
+    sweep = tmp_path / "optuna"
+    proc = run_cli("train.py", *common, "hparams_search=optuna_lr",
+                   "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={sweep}")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    best = (sweep / "optimization_results.yaml").read_text()
+    assert "best_params" in best and "optimizer.lr" in best
+    values = [json.loads(p.read_text())["best_val_acc"] for p in sweep.glob("*/results.json")]
+    assert len(values) == 2 and f"best_value: {max(values)}" in best
