@@ -13,6 +13,7 @@ from torch import nn
 
 from cifar_lightning.errors import UserError
 from cifar_lightning.fileio import atomic_write
+from cifar_lightning.results import read_overrides
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -63,7 +64,7 @@ def restore_weights(module: nn.Module, ckpt: dict[str, Any], path: str | Path) -
 
 def _run_overrides(run_dir: Path) -> list[str] | None:
     try:
-        items = yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text()) or []
+        items = read_overrides(run_dir)
     except (OSError, yaml.YAMLError):
         return None
     return sorted(i for i in items if not i.startswith(("ckpt_path=", "hydra.")))

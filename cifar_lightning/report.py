@@ -22,11 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from cifar_lightning.errors import UserError
 from cifar_lightning.fileio import atomic_write
-from cifar_lightning.results import RESULTS_NAME
+from cifar_lightning.results import RESULTS_NAME, read_overrides
 
 # Overrides that never define a group: the seed is what a group averages over; the rest are paths.
 NOT_GROUPING = {"seed", "data.root", "data.num_workers", "ckpt_path"}
@@ -46,7 +44,7 @@ class Run:
 
 
 def _overrides(run_dir: Path) -> dict[str, str]:
-    items = yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text()) or []
+    items = read_overrides(run_dir)
     return dict(item.split("=", 1) for item in items if "=" in item and not item.startswith("~"))
 
 

@@ -7,11 +7,18 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from cifar_lightning.fileio import atomic_write, write_json
 
 log = logging.getLogger("cifar_lightning")
 
 RESULTS_NAME = "results.json"
+
+
+def read_overrides(run_dir: Path) -> list[str]:
+    """A run's command-line overrides, as Hydra saved them in .hydra/overrides.yaml."""
+    return yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text()) or []
 
 
 def print_report(test_acc: float, per_class_acc: Mapping[str, float]) -> None:
