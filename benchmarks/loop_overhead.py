@@ -1,17 +1,18 @@
 """Seconds per training epoch: Lightning's Trainer.fit vs a plain PyTorch loop, same work.
 
 Both run the project's Classifier as the recipe builds it (Hydra config `--experiment`,
-fast_cpu by default: fastnet [32, 96, 96], SGD nesterov, triangle schedule, label smoothing,
-channels_last, BN biases at 64x lr), on the same batches: a DeviceBatches over the same uint8
-tensors with the recipe's BatchAugment and seed, from the same initial weights. The plain loop
-does what Trainer.fit + Classifier do per fit and per step, and nothing else: whitening init,
-set_epoch, channels_last, forward, label-smoothed cross-entropy, the train accuracy metric, the
-epoch's loss sum, zero_grad, backward, SGD step, scheduler step, and the metric's compute/reset at
-the end. Lightning runs without logger, checkpointing, progress bar, model summary, sanity check
-and callbacks (no Lookahead or health checks: the plain loop has none either). Each timed run is
-Trainer.fit itself (its setup included; building the Trainer is timed apart) vs the whole plain
-loop; the two alternate, after one warm-up round, and the medians are compared. The warm-up
-round also checks that both end with the same weights (same work, same numbers).
+fast_cpu by default, at the recipe's fastnet widths and batch size: SGD nesterov, triangle
+schedule, label smoothing, channels_last, BN biases at 64x lr), on the same batches: a
+DeviceBatches over the same uint8 tensors with the recipe's BatchAugment and seed, from the same
+initial weights. The plain loop does what Trainer.fit + Classifier do per fit and per step, and
+nothing else: whitening init, set_epoch, channels_last, forward, label-smoothed cross-entropy,
+the train accuracy metric, the epoch's loss sum, zero_grad, backward, SGD step, scheduler step,
+and the metric's compute/reset at the end. Lightning runs without logger, checkpointing,
+progress bar, model summary, sanity check and callbacks (no Lookahead or health checks: the plain
+loop has none either). Each timed run is Trainer.fit itself (its setup included; building the
+Trainer is timed apart) vs the whole plain loop; the two alternate, after one warm-up round, and
+the medians are compared. The warm-up round also checks that both end with the same weights
+(same work, same numbers).
 
     python benchmarks/loop_overhead.py                        # random images, one epoch (97 steps)
     python benchmarks/loop_overhead.py --data-root data/cifar10-jpeg --threads 2
@@ -64,14 +65,17 @@ def load_data(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def compose_config(args: argparse.Namespace) -> DictConfig:
-    widths = "[" + ",".join(str(w) for w in args.widths) + "]"
-    overrides = [
-        f"experiment={args.experiment}",
-        f"model.widths={widths}",
-        f"data.batch_size={args.batch_size}",
-    ]
+    """The recipe's config; --widths and --batch-size override it when given, and are set to
+    the recipe's values otherwise."""
+    overrides = [f"experiment={args.experiment}"]
+    if args.widths:
+        overrides.append("model.widths=[" + ",".join(str(w) for w in args.widths) + "]")
+    if args.batch_size:
+        overrides.append(f"data.batch_size={args.batch_size}")
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="train", overrides=overrides)
+        cfg = compose(config_name="train", overrides=overrides)
+    args.widths, args.batch_size = list(cfg.model.widths), int(cfg.data.batch_size)
+    return cfg
 
 
 class Batches(L.LightningDataModule):
@@ -252,8 +256,8 @@ def timed_rounds(s: Setup, repeats: int, report: Callable[[str], None]) -> dict[
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--experiment", default="fast_cpu", help="conf/experiment/<name>.yaml")
-    parser.add_argument("--widths", type=int, nargs=3, default=[32, 96, 96])
-    parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--widths", type=int, nargs=3, help="default: the recipe's")
+    parser.add_argument("--batch-size", type=int, help="default: the recipe's")
     parser.add_argument("--images", type=int, default=50000, help="training images per epoch")
     parser.add_argument("--steps", type=int, help="steps per run instead of one full epoch")
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds after the warm-up")

@@ -9,13 +9,14 @@ import pytest
 import pytorch_lightning as L
 import torch
 import yaml
+from kornia.geometry.transform import warp_perspective
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from cifar_lightning.augment import AugmentPreset, eval_transform, train_transform
 from cifar_lightning.data.datamodule import ImageTensorDataset
-from cifar_lightning.data.device import BatchAugment, DeviceBatches, normalize
+from cifar_lightning.data.device import BatchAugment, DeviceBatches, _sampling_grid, normalize
 from tests.synthetic import make_images
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "augment"
@@ -171,6 +172,20 @@ def test_fixed_parameters_reproduce_torchvision_functional():
             expected = ops[i](expected, factors[i])
         ours = jitter.apply(x, {"jitter": torch.tensor([factors]), "order": torch.tensor([order])})
         torch.testing.assert_close(ours, expected, atol=1e-5, rtol=0)
+
+
+def test_sampling_grid_warps_as_kornia_warp_perspective():
+    # The fused warp is grid_sample over _sampling_grid; kornia's warp_perspective, which it
+    # replaces for speed, must give the same image for any projective map.
+    g = torch.Generator().manual_seed(0)
+    x = images(8).float() / 255
+    m = torch.eye(3) + 0.1 * torch.randn(8, 3, 3, generator=g)
+    m[:, :2, 2] = 4 * torch.randn(8, 2, generator=g)  # translations of a few pixels
+    m[:, 2, :2] = 2e-3 * torch.randn(8, 2, generator=g)  # mildly projective
+    m[:, 2, 2] = 1
+    ours = torch.nn.functional.grid_sample(x, _sampling_grid(m), align_corners=True)
+    expected = warp_perspective(x, m, (32, 32), align_corners=True)
+    torch.testing.assert_close(ours, expected, atol=1e-4, rtol=0)
 
 
 def test_fused_warp_blacks_out_what_each_step_cropped():

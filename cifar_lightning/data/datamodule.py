@@ -15,17 +15,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from cifar_lightning import CLASSES
 from cifar_lightning.augment import AugmentPreset, eval_transform, train_transform
 from cifar_lightning.data import sources
-from cifar_lightning.data.device import BatchAugment, DeviceBatches, normalize
+from cifar_lightning.data.device import BatchAugment, DeviceBatches, derive_seed, normalize
 from cifar_lightning.errors import DataError, UserError
-
-
-def _mix(*ints: int) -> int:
-    """A 63-bit seed from several integers (splitmix-style), stable across processes."""
-    h = 0x9E3779B97F4A7C15
-    for i in ints:
-        h = ((h ^ (i & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
-        h ^= h >> 31
-    return h & 0x7FFFFFFFFFFFFFFF
 
 
 class ImageTensorDataset(Dataset):
@@ -49,7 +40,7 @@ class ImageTensorDataset(Dataset):
         if self.seed is None:
             return self.transform(self.x[i]), self.y[i]
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(_mix(self.seed, draw))
+            torch.manual_seed(derive_seed(self.seed, draw))
             return self.transform(self.x[i]), self.y[i]
 
 
@@ -71,7 +62,7 @@ class EpochSampler(Sampler[int]):
         return self.n // self.world_size
 
     def __iter__(self) -> Iterator[int]:
-        gen = torch.Generator().manual_seed(_mix(self.seed, self.epoch))
+        gen = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch))
         order = torch.randperm(self.n, generator=gen)[self.rank : len(self) * self.world_size]
         order = order[:: self.world_size]
         if self.resume is not None:
