@@ -147,7 +147,16 @@ class BatchAugment:
         self.rotation = _range(preset.rotation, 0.0, "rotation") if preset.rotation else None
         # Crop and flip alone are integer pixel moves: no warp needed (the `standard` preset).
         self.warps = bool(self.degrees or self.distortion or self.rotation)
-        self._padded: dict[tuple, torch.Tensor] = {}  # _crop_flip's work buffers, by shape
+        self._buffers: dict[tuple, torch.Tensor] = {}  # see _buffer
+
+    def _buffer(self, name: str, shape: tuple, dtype: torch.dtype, device: torch.device):
+        """A work tensor kept from batch to batch (zeros when new). Only for intermediates that
+        never leave apply(): on CPU a fresh multi-MB tensor per step comes from new pages of
+        memory, and the page faults cost as much as the arithmetic."""
+        key = (name, shape, dtype, device)
+        if key not in self._buffers:
+            self._buffers[key] = torch.zeros(shape, dtype=dtype, device=device)
+        return self._buffers[key]
 
     def sample(self, n: int, generator: torch.Generator, device: torch.device) -> dict:
         """Per-image parameters, named and distributed as in torchvision's make_params."""
@@ -254,8 +263,13 @@ class BatchAugment:
         if rot is not None:
             matrix = rot @ matrix
         # Pixel values stay in 0..255 until the final normalisation (one pass fewer).
-        img = F.grid_sample(x.float(), _sampling_grid(matrix), mode=self.mode,
-                            padding_mode="zeros", align_corners=True)  # fmt: skip
+        src = self._buffer("src", x.shape, torch.float32, x.device).copy_(x)
+        grid = _sampling_grid(
+            matrix,
+            points=self._buffer("points", (n, SIZE, SIZE, 3), torch.float32, x.device),
+            out=self._buffer("grid", (n, SIZE, SIZE, 2), torch.float32, x.device),
+        )
+        img = F.grid_sample(src, grid, mode=self.mode, padding_mode="zeros", align_corners=True)
 
         # torchvision crops every intermediate image to 32x32: a pixel the affine step moved
         # outside the canvas is black even if the rotation would bring it back. One fused warp
@@ -299,11 +313,8 @@ class BatchAugment:
         # flip(crop(x, left)) = crop(flip(x), 2 * pad - left), so a flipped crop reads plain
         # rows of the mirrored copy. The buffer is kept between batches: only its interior is
         # rewritten, the zero border never changes (zero-filling it anew cost as much as the
-        # gather itself). Safe to reuse: the gather below copies out of it.
-        shape = (1 if flip is None else 2, n, 3, w, w)
-        src = self._padded.get((shape, dev))
-        if src is None:
-            src = self._padded[(shape, dev)] = x.new_zeros(shape)
+        # gather itself).
+        src = self._buffer("padded", (1 if flip is None else 2, n, 3, w, w), x.dtype, dev)
         src[0, :, :, pad : pad + SIZE, pad : pad + SIZE] = x
         zero = torch.zeros(n, dtype=torch.long, device=dev)
         top, left = params.get("top", zero), params.get("left", zero)
@@ -343,8 +354,9 @@ class BatchAugment:
                 mean = (gray * weight).sum(dim=(1, 2, 3), keepdim=True) / total
             is_c, is_s = (op == 1).view(n, 1, 1, 1), (op == 2).view(n, 1, 1, 1)
             target = torch.where(is_s, gray, mean * is_c)
-            # Broadcast, not expand_as: lerp with expanded (stride-0) operands ran 8x slower.
-            x = torch.lerp(target, x, f).clamp_(0, 255)
+            # f * x + (1 - f) * target, in place (a fresh 6 MB output per step cost page faults)
+            # and broadcast (lerp with expand_as'd, stride-0 operands ran 8x slower).
+            x = x.lerp_(target, 1 - f).clamp_(0, 255)
         return x
 
 
@@ -371,20 +383,24 @@ def _row_intervals(back: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return lo, hi
 
 
-def _sampling_grid(forward: torch.Tensor) -> torch.Tensor:
+def _sampling_grid(
+    forward: torch.Tensor, points: torch.Tensor | None = None, out: torch.Tensor | None = None
+) -> torch.Tensor:
     """grid_sample's grid (N, 32, 32, 2) for forward maps (N, 3, 3) in pixel-index coordinates:
     the source point of every output pixel, scaled to [-1, 1] as align_corners=True reads it.
 
     kornia's warp_perspective computes the same grid with a broadcast matrix product over all
-    pixels; two broadcast adds of per-row and per-column terms took a third of its time here."""
+    pixels; two broadcast adds of per-row and per-column terms took a third of its time here.
+    points (N, 32, 32, 3) and out (N, 32, 32, 2): optional work and output tensors."""
     n, dev = len(forward), forward.device
     to_unit = _const(((2 / (SIZE - 1), 0, -1), (0, 2 / (SIZE - 1), -1), (0, 0, 1)), dev)
     back = to_unit @ torch.linalg.inv_ex(forward).inverse
     ar = torch.arange(SIZE, dtype=back.dtype, device=dev)
     # Homogeneous source point of output pixel (column j, row i) = back @ (j, i, 1).
-    pts = back[:, :, 1].view(n, 1, 1, 3) * ar.view(1, SIZE, 1, 1) + back[:, :, 2].view(n, 1, 1, 3)
-    pts = pts + back[:, :, 0].view(n, 1, 1, 3) * ar.view(1, 1, SIZE, 1)
-    return pts[..., :2] / pts[..., 2:]
+    rows = back[:, :, 1].view(n, 1, 1, 3) * ar.view(1, SIZE, 1, 1) + back[:, :, 2].view(n, 1, 1, 3)
+    cols = back[:, :, 0].view(n, 1, 1, 3) * ar.view(1, 1, SIZE, 1)
+    pts = torch.add(rows, cols, out=points)
+    return torch.div(pts[..., :2], pts[..., 2:], out=out)
 
 
 def _interval_mask(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
