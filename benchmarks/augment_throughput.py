@@ -26,6 +26,7 @@ from benchmarks.common import machine, save  # noqa: E402
 from cifar_lightning.augment import AugmentPreset, train_transform  # noqa: E402
 from cifar_lightning.data.datamodule import ImageTensorDataset  # noqa: E402
 from cifar_lightning.data.device import BatchAugment  # noqa: E402
+from cifar_lightning.memory import retain_freed_memory  # noqa: E402
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "augment"
 
@@ -91,10 +92,17 @@ def main() -> None:
         help="torch.set_num_threads for BatchAugment "
         "(default: torch's default; use 1 on a machine other jobs keep busy)",
     )
+    parser.add_argument(
+        "--no-retain-memory",
+        action="store_true",
+        help="skip train.py's default retain_cpu_memory (cifar_lightning/memory.py); "
+        "by default both pipelines run with it (DataLoader workers inherit it)",
+    )
     parser.add_argument("--out", default="benchmarks/results/augment_throughput.json")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    retained = not args.no_retain_memory and retain_freed_memory()
 
     x = load_images(args)
     rows = []
@@ -117,6 +125,7 @@ def main() -> None:
         "repeats": args.repeats,
         "device": args.device,
         "data": args.data_root or "random uint8",
+        "retain_cpu_memory": retained,
         **machine(),
     }
     save(result, args.out)

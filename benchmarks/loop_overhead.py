@@ -46,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 from benchmarks.common import machine, save  # noqa: E402
 from cifar_lightning.augment import AugmentPreset  # noqa: E402
 from cifar_lightning.data.device import BatchAugment, DeviceBatches, normalize  # noqa: E402
+from cifar_lightning.memory import retain_freed_memory  # noqa: E402
 from cifar_lightning.module import Classifier  # noqa: E402
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -274,7 +275,10 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     quiet()
 
-    s = Setup(args, compose_config(args))
+    cfg = compose_config(args)
+    # As pipeline.build does for train.py: both loops run in this process with the same setting.
+    retained = bool(cfg.retain_cpu_memory) and retain_freed_memory()
+    s = Setup(args, cfg)
     steps = s.steps()
     if steps < 1:
         raise SystemExit(f"{args.images} images make no batch of {args.batch_size}")
@@ -300,6 +304,7 @@ def main() -> None:
 
     result = {
         **times,
+        "retain_cpu_memory": retained,
         "median_lightning_s": med_l,
         "median_plain_s": med_p,
         "ratio": ratio,

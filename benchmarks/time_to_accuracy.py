@@ -47,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 from benchmarks.common import machine, save  # noqa: E402
 from cifar_lightning.data import CIFAR10DataModule  # noqa: E402
 from cifar_lightning.ema import tta_logits  # noqa: E402
+from cifar_lightning.memory import retain_freed_memory  # noqa: E402
 from cifar_lightning.module import Classifier  # noqa: E402
 from cifar_lightning.pipeline import build  # noqa: E402
 
@@ -226,6 +227,7 @@ def main() -> None:
     script_start = time.perf_counter()
 
     cfg = compose_config(args.experiment, args.overrides)
+    retained = bool(cfg.retain_cpu_memory) and retain_freed_memory()  # as pipeline.train does
     seed = L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule, module = build(cfg)
     assert isinstance(datamodule, CIFAR10DataModule)
@@ -295,6 +297,7 @@ def main() -> None:
         "stop_at_budget": args.stop_at_budget,
         "data": data,
         "fit_setup_s": setup_s,
+        "retain_cpu_memory": retained,
         "rows": rows,
         "time_to_target_s": hit["cum_s"] if hit else None,
         "target_epoch": hit["epoch"] if hit else None,

@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from cifar_lightning import checkpoint, results
+from cifar_lightning import checkpoint, memory, results
 from cifar_lightning.data import CIFAR10DataModule
 from cifar_lightning.errors import UserError
 from cifar_lightning.module import Classifier
@@ -99,6 +99,8 @@ def train(cfg: DictConfig) -> float | None:
     """Fit, then test the best checkpoint. Returns the best val/acc (what a sweeper optimises:
     the test set never shapes model selection)."""
     out = output_dir()
+    if cfg.retain_cpu_memory and not memory.retain_freed_memory():
+        log.info("retain_cpu_memory: not glibc, left to the C library's allocator")
     seed = L.seed_everything(cfg.seed, workers=True)
     datamodule, module = build(cfg)
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
