@@ -269,6 +269,11 @@ def main() -> None:
         type=int,
         help="torch.set_num_threads (default: torch's default; other jobs share the CPUs)",
     )
+    parser.add_argument(
+        "--no-retain-memory",
+        action="store_true",
+        help="run without the recipe's retain_cpu_memory (cifar_lightning/memory.py)",
+    )
     parser.add_argument("--out", default="benchmarks/results/loop_overhead.json")
     args = parser.parse_args()
     if args.threads:
@@ -276,8 +281,8 @@ def main() -> None:
     quiet()
 
     cfg = compose_config(args)
-    # As pipeline.build does for train.py: both loops run in this process with the same setting.
-    retained = bool(cfg.retain_cpu_memory) and retain_freed_memory()
+    # As pipeline.train does for train.py: both loops run in this process with the same setting.
+    retained = cfg.retain_cpu_memory and not args.no_retain_memory and retain_freed_memory()
     s = Setup(args, cfg)
     steps = s.steps()
     if steps < 1:
@@ -286,7 +291,7 @@ def main() -> None:
     print(
         f"{args.experiment}: fastnet {args.widths}, batch {args.batch_size}, {steps} steps per "
         f"run ({len(s.batches())} per epoch), {s.precision}, {args.device}, "
-        f"{torch.get_num_threads()} threads, data: {data}"
+        f"{torch.get_num_threads()} threads, retain_cpu_memory {retained}, data: {data}"
     )
 
     times = timed_rounds(s, args.repeats, print)
