@@ -2,7 +2,8 @@
 
 (a) torchvision: train_transform(preset) per image in a DataLoader (num_workers=2, batch 512)
     over uint8 tensors, as CIFAR10DataModule does; (b) BatchAugment on batches of 512 on one
-    device. Both presets, same process, one run; the median of a few timed repeats after warm-up.
+    device. Both presets, same process, one run; the median of a few timed rounds after warm-up
+    (a device round repeats its pass for at least --min-seconds).
 
     python benchmarks/augment_throughput.py                       # random images, CPU
     python benchmarks/augment_throughput.py --device cuda --data-root data/
@@ -11,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 import time
@@ -64,16 +66,20 @@ def time_device(x: torch.Tensor, preset: AugmentPreset, args: argparse.Namespace
     augment = BatchAugment(preset)
     sync = torch.cuda.synchronize if x.device.type == "cuda" else lambda: None
     batches = list(x.split(args.batch_size))
-    for i, b in enumerate(batches[:3]):  # warm-up
-        augment(b, seed=i, epoch=0)
-    times = []
-    for r in range(args.repeats):
+
+    def passes(count: int, first: int) -> float:
         sync()
         start = time.perf_counter()
-        for i, b in enumerate(batches):
-            augment(b, seed=r * len(batches) + i, epoch=r)
+        for r in range(first, first + count):
+            for i, b in enumerate(batches):
+                augment(b, seed=r * len(batches) + i, epoch=r)
         sync()
-        times.append(time.perf_counter() - start)
+        return time.perf_counter() - start
+
+    # Warm-up, which also sizes a timed round: a pass can take only tens of milliseconds, too
+    # short to time on a shared machine, so each round repeats it for at least --min-seconds.
+    count = max(1, math.ceil(args.min_seconds / passes(1, 0)))
+    times = [passes(count, 1 + r * count) / count for r in range(args.repeats)]
     return len(x) / statistics.median(times)
 
 
@@ -83,7 +89,10 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=20480, help="images per timed pass")
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers (torchvision)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed passes; the median counts")
+    parser.add_argument("--repeats", type=int, default=5, help="timed rounds; the median counts")
+    parser.add_argument(
+        "--min-seconds", type=float, default=2.0, help="least length of a device round"
+    )
     parser.add_argument("--device", default="cpu", help="BatchAugment's device, e.g. cuda")
     parser.add_argument("--data-root", help="use the project's CIFAR-10 cache instead of noise")
     parser.add_argument(
@@ -123,6 +132,7 @@ def main() -> None:
         "batch_size": args.batch_size,
         "workers": args.workers,
         "repeats": args.repeats,
+        "min_seconds": args.min_seconds,
         "device": args.device,
         "data": args.data_root or "random uint8",
         "retain_cpu_memory": retained,
