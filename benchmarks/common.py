@@ -8,8 +8,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
 
 from cifar_lightning.fileio import write_json
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def compose_recipe(experiment: str, overrides: list[str]) -> DictConfig:
+    """train.py's config for `experiment=<experiment>` plus Hydra overrides."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="train", overrides=[f"experiment={experiment}", *overrides])
 
 
 def machine() -> dict[str, Any]:

@@ -37,19 +37,17 @@ from typing import Any
 
 import pytorch_lightning as L
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere
 
-from benchmarks.common import machine, save  # noqa: E402
+from benchmarks.common import compose_recipe, machine, save  # noqa: E402
 from cifar_lightning.augment import AugmentPreset  # noqa: E402
 from cifar_lightning.data.device import BatchAugment, DeviceBatches, normalize  # noqa: E402
 from cifar_lightning.memory import retain_freed_memory  # noqa: E402
 from cifar_lightning.module import Classifier  # noqa: E402
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 WHITENING_IMAGES = 5000  # what Classifier.on_fit_start asks the datamodule for
 
 
@@ -68,13 +66,12 @@ def load_data(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor]:
 def compose_config(args: argparse.Namespace) -> DictConfig:
     """The recipe's config; --widths and --batch-size override it when given, and are set to
     the recipe's values otherwise."""
-    overrides = [f"experiment={args.experiment}"]
+    overrides = []
     if args.widths:
         overrides.append("model.widths=[" + ",".join(str(w) for w in args.widths) + "]")
     if args.batch_size:
         overrides.append(f"data.batch_size={args.batch_size}")
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides)
+    cfg = compose_recipe(args.experiment, overrides)
     args.widths, args.batch_size = list(cfg.model.widths), int(cfg.data.batch_size)
     return cfg
 

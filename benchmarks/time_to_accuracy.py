@@ -38,20 +38,17 @@ from typing import Any
 
 import pytorch_lightning as L
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere
 
-from benchmarks.common import machine, save  # noqa: E402
+from benchmarks.common import compose_recipe, machine, save  # noqa: E402
 from cifar_lightning.data import CIFAR10DataModule  # noqa: E402
 from cifar_lightning.ema import tta_logits  # noqa: E402
 from cifar_lightning.memory import retain_freed_memory  # noqa: E402
 from cifar_lightning.module import Classifier  # noqa: E402
 from cifar_lightning.pipeline import build  # noqa: E402
-
-CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 def sync() -> None:
@@ -164,11 +161,6 @@ def timed(fn: Callable[[], Any], into: dict[str, float], key: str) -> Callable[[
     return wrapper
 
 
-def compose_config(experiment: str, overrides: list[str]) -> DictConfig:
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="train", overrides=[f"experiment={experiment}", *overrides])
-
-
 def recipe_callbacks(cfg: DictConfig) -> list[L.Callback]:
     """The config's callbacks and health checks, as pipeline.train makes them, less the ones
     that write checkpoints."""
@@ -226,7 +218,7 @@ def main() -> None:
     quiet()
     script_start = time.perf_counter()
 
-    cfg = compose_config(args.experiment, args.overrides)
+    cfg = compose_recipe(args.experiment, args.overrides)
     retained = bool(cfg.retain_cpu_memory) and retain_freed_memory()  # as pipeline.train does
     seed = L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule, module = build(cfg)
