@@ -1,10 +1,14 @@
-"""Adam first, then SGD with Nesterov momentum (the SWATS idea, Keskar & Socher 2017).
+"""Optimizers beyond torch.optim.
 
+AdamToSGD: Adam first, then SGD with Nesterov momentum (the SWATS idea, Keskar & Socher 2017).
 The phase lives in each param group ("adam" or "sgd"), so it is part of the optimizer's state
 dict and survives checkpoint/resume. While Adam runs, the optimizer keeps the SWATS estimate of
 the SGD learning rate that would take steps of the same size as Adam's (the projection of Adam's
 step onto the gradient, averaged with beta2). That estimate is the SGD learning rate after the
 switch unless `sgd_lr` is given: a mis-scaled SGD learning rate is what makes a switch spike.
+
+Muon: SGD with Nesterov momentum whose conv-filter updates are orthogonalised (Keller Jordan's
+Muon, as airbench94_muon uses it for CIFAR-10: the same accuracy in about 20 % fewer epochs).
 """
 
 from __future__ import annotations
@@ -121,16 +125,104 @@ class AdamToSGD(Optimizer):
 
     def _sgd_step(self, group: dict) -> None:
         # A scheduler scales Adam's lr; the SGD lr follows the same factor.
-        scale = group["lr"] / group.get("initial_lr", group["lr"])
-        lr = group["sgd_lr"] * scale
+        lr = group["sgd_lr"] * _schedule_factor(group)
         for p in group["params"]:
-            if p.grad is None:
-                continue
-            grad = p.grad.add(p, alpha=group["weight_decay"]) if group["weight_decay"] else p.grad
-            state = self.state[p]
-            buf = state.get("momentum_buffer")
-            if buf is None:
-                buf = state["momentum_buffer"] = grad.clone()
-            else:
-                buf.mul_(group["momentum"]).add_(grad)
-            p.add_(grad.add(buf, alpha=group["momentum"]) if group["nesterov"] else buf, alpha=-lr)
+            if p.grad is not None:
+                _sgd_update(p, self.state[p], group, lr)
+
+
+def _schedule_factor(group: dict) -> float:
+    """How far a scheduler has moved this group's lr from where it started (1 without one)."""
+    return group["lr"] / group.get("initial_lr", group["lr"])
+
+
+def _sgd_update(p: torch.Tensor, state: dict, group: dict, lr: float) -> None:
+    """One step of torch.optim.SGD (momentum, optional Nesterov, L2 weight decay) on p."""
+    grad = p.grad.add(p, alpha=group["weight_decay"]) if group["weight_decay"] else p.grad
+    buf = state.get("momentum_buffer")
+    if buf is None:
+        buf = state["momentum_buffer"] = grad.clone()
+    else:
+        buf.mul_(group["momentum"]).add_(grad)
+    p.add_(grad.add(buf, alpha=group["momentum"]) if group["nesterov"] else buf, alpha=-lr)
+
+
+def orthogonalize(g: torch.Tensor, steps: int = 3, eps: float = 1e-7) -> torch.Tensor:
+    """Roughly U V^T for the 2-D g = U S V^T: every singular value pushed towards 1.
+
+    A quintic Newton-Schulz iteration on X = g / |g| (so the singular values start in [0, 1]),
+    X <- a X + b (X X^T) X + c (X X^T)^2 X. Muon's coefficients make the map steep at 0, so few
+    steps lift small singular values a lot; it does not converge to exactly 1 (values end up
+    around 0.7..1.2), which the Muon experiments found does not matter. bf16 matmuls: the result
+    is a direction, and bf16 is twice as fast on CPUs with AVX-512 BF16 and on GPUs.
+    """
+    a, b, c = 3.4445, -4.7750, 2.0315
+    x = g.to(torch.bfloat16)
+    x = x / (x.norm() + eps)
+    wide = x.size(0) <= x.size(1)  # iterate on the smaller Gram matrix
+    if not wide:
+        x = x.T
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return (x if wide else x.T).to(g.dtype)
+
+
+class Muon(Optimizer):
+    """Conv filters (4-D parameters) take Muon steps, everything else SGD steps.
+
+    A filter's step: Nesterov momentum `filter_momentum` on its gradient, the result reshaped to
+    (out_channels, in_channels * kh * kw) and orthogonalised, times `filter_lr`. Before each step
+    the filter is rescaled to norm sqrt(out_channels), as airbench94_muon does: its scale does
+    not matter to the batch norm after it, and a fixed norm keeps the step's relative size (and
+    so the schedule) meaningful; weight decay would be moot and is not applied to filters.
+    Other parameters (biases, the linear head) take torch.optim.SGD's step with `lr`,
+    `momentum`, `nesterov` and `weight_decay`. A scheduler scales `lr`; filter steps follow the
+    same factor. The orthogonalised step has a fixed size whatever the loss's scale, so
+    `filter_lr` is the same for a summed or a mean loss.
+    """
+
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float = 0.1,
+        momentum: float = 0.9,
+        nesterov: bool = True,
+        weight_decay: float = 0.0,
+        filter_lr: float = 0.24,
+        filter_momentum: float = 0.6,
+        ns_steps: int = 3,
+    ) -> None:
+        defaults = dict(
+            lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
+            filter_lr=filter_lr, filter_momentum=filter_momentum, ns_steps=ns_steps,
+        )  # fmt: skip
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):  # noqa: ANN001 - torch's signature
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            factor = _schedule_factor(group)
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.ndim == 4:
+                    self._filter_step(p, group, group["filter_lr"] * factor)
+                else:
+                    _sgd_update(p, self.state[p], group, group["lr"])
+        return loss
+
+    def _filter_step(self, p: torch.Tensor, group: dict, lr: float) -> None:
+        state, m = self.state[p], group["filter_momentum"]
+        buf = state.get("momentum_buffer")
+        if buf is None:
+            buf = state["momentum_buffer"] = torch.zeros_like(p)
+        buf.mul_(m).add_(p.grad)
+        grad = p.grad.add(buf, alpha=m)  # Nesterov
+        p.mul_(len(p) ** 0.5 / p.norm())
+        update = orthogonalize(grad.reshape(len(grad), -1), group["ns_steps"])
+        p.add_(update.view_as(p), alpha=-lr)
