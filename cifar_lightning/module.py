@@ -7,6 +7,7 @@ from typing import Any
 
 import pytorch_lightning as L
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.classification import (
     MulticlassAccuracy,
@@ -30,7 +31,12 @@ class Classifier(L.LightningModule):
         channels_last: bool = False,
         compile: bool = False,
         norm_bias_lr_scale: float = 1.0,
+        train_resolution: Sequence[int] | None = None,
     ) -> None:
+        """train_resolution: the side length of the training inputs in each epoch (progressive
+        resizing; the last entry holds for the remaining epochs). Batches are resized on the
+        device, after augmentation; validation and test always see the full images. None: the
+        images' own size throughout."""
         super().__init__()
         # The network, optimizer and schedule live in the run config stored in each checkpoint;
         # hparams keep the plain values only, so checkpoints load with weights_only=True.
@@ -50,6 +56,9 @@ class Classifier(L.LightningModule):
         self.tta_level = tta_level  # test-time augmentation in test_step (0: off; see ema.py)
         self.channels_last = channels_last
         self.norm_bias_lr_scale = norm_bias_lr_scale  # airbench: BN biases learn 64x faster
+        self.train_resolution = list(train_resolution) if train_resolution else None
+        if self.train_resolution and min(self.train_resolution) < 8:
+            raise ValueError(f"module.train_resolution: sizes must be >= 8, got {train_resolution}")
         # torch.compile'd forward, set past nn.Module's registration so that it stays out of
         # the module tree: checkpoints hold `net.*` only, whether compiled or not.
         object.__setattr__(self, "_compiled", torch.compile(net) if compile else None)
@@ -92,8 +101,19 @@ class Classifier(L.LightningModule):
         opts = self.optimizers(use_pl_optimizer=False)
         return opts if isinstance(opts, list) else [opts]
 
+    def train_size(self, epoch: int) -> int | None:
+        """The training input size of `epoch` (0-based) under train_resolution, or None."""
+        if not self.train_resolution:
+            return None
+        return self.train_resolution[min(epoch, len(self.train_resolution) - 1)]
+
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
         x, y = self._inputs(batch)
+        size = self.train_size(self.current_epoch)
+        if size is not None and size != x.shape[-1]:
+            # Smaller inputs early cost fewer FLOPs per image (fastnet ends in a global max-pool,
+            # so any size works); antialiasing keeps the downscaled images free of aliasing.
+            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
         logits = self(x)
         loss = self.criterion(logits, y)
         preds = logits.detach().argmax(1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import pytorch_lightning as L
 import torch
 from torch import nn
@@ -39,3 +40,37 @@ def test_per_class_accuracy_and_confusion_match_a_direct_count(folder_root, tmp_
     confusion = np.zeros((10, 10), dtype=int)
     np.add.at(confusion, (true, pred), 1)
     assert module.test_report["confusion_matrix"] == confusion.tolist()
+
+
+class Sizes(nn.Module):
+    """Records the input size of every call; a linear map of mean colours otherwise."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[bool, int]] = []
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append((self.training, x.shape[-1]))
+        return self.head(x)
+
+
+def test_train_resolution_resizes_training_batches_per_epoch_and_never_eval(folder_root, tmp_path):
+    net = Sizes()
+    module = Classifier(net, optimizer=torch.optim.SGD, train_resolution=[16, 24])
+    dm = CIFAR10DataModule(root=str(folder_root), download=False, batch_size=50, val_size=50,
+                           num_workers=0)  # fmt: skip
+    trainer = L.Trainer(accelerator="cpu", max_epochs=3, logger=False, default_root_dir=tmp_path,
+                        enable_progress_bar=False, enable_checkpointing=False,
+                        num_sanity_val_steps=0)  # fmt: skip
+    trainer.fit(module, datamodule=dm)
+    trainer.test(module, datamodule=dm, verbose=False)
+    steps = len(dm.train_dataloader())
+    train_sizes = [size for training, size in net.seen if training]
+    assert train_sizes == [16] * steps + [24] * steps * 2  # the last entry holds from epoch 1 on
+    assert {size for training, size in net.seen if not training} == {32}
+
+
+def test_train_resolution_rejects_tiny_sizes():
+    with pytest.raises(ValueError, match="train_resolution"):
+        Classifier(Sizes(), optimizer=torch.optim.SGD, train_resolution=[4, 32])
