@@ -145,3 +145,10 @@ def test_unknown_option_lists_valid_ones():
     assert "Could not find 'optimizer/foo'" in proc.stderr
     for name in ("adam", "sgd_nesterov", "sgd", "adamw"):
         assert name in proc.stderr
+
+
+@pytest.mark.parametrize("config", ["train", "eval"])
+def test_runs_started_in_the_same_second_get_separate_output_folders(config):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        first, second = (compose(config, return_hydra_config=True) for _ in range(2))
+    assert first.hydra.run.dir != second.hydra.run.dir
