@@ -39,12 +39,16 @@ class Classifier(L.LightningModule):
         images' own size throughout."""
         super().__init__()
         # The network, optimizer and schedule live in the run config stored in each checkpoint;
-        # hparams keep the plain values only, so checkpoints load with weights_only=True.
+        # hparams keep the plain values only, so checkpoints load with weights_only=True. Hydra
+        # passes lists as ListConfig objects, which would be pickled: save them as plain lists
+        # (save_hyperparameters reads these local variables).
+        class_names = list(class_names)
+        train_resolution = [int(s) for s in train_resolution] if train_resolution else None
         self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"])
         self.net = net
         self.make_optimizer = optimizer
         self.make_scheduler = scheduler
-        self.class_names = list(class_names)
+        self.class_names = class_names
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         # One metric object per stage: their states never mix.
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -56,7 +60,7 @@ class Classifier(L.LightningModule):
         self.tta_level = tta_level  # test-time augmentation in test_step (0: off; see ema.py)
         self.channels_last = channels_last
         self.norm_bias_lr_scale = norm_bias_lr_scale  # airbench: BN biases learn 64x faster
-        self.train_resolution = list(train_resolution) if train_resolution else None
+        self.train_resolution = train_resolution
         if self.train_resolution and min(self.train_resolution) < 8:
             raise ValueError(f"module.train_resolution: sizes must be >= 8, got {train_resolution}")
         # torch.compile'd forward, set past nn.Module's registration so that it stays out of

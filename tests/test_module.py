@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import pytorch_lightning as L
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
 from cifar_lightning import DISPLAY_NAMES
@@ -74,3 +75,15 @@ def test_train_resolution_resizes_training_batches_per_epoch_and_never_eval(fold
 def test_train_resolution_rejects_tiny_sizes():
     with pytest.raises(ValueError, match="train_resolution"):
         Classifier(Sizes(), optimizer=torch.optim.SGD, train_resolution=[4, 32])
+
+
+def test_hparams_from_hydra_lists_load_weights_only(tmp_path):
+    # Hydra hands list options over as ListConfig; saved as such, every checkpoint of the run
+    # would hold a pickled object and be refused by the weights-only load of the test stage.
+    module = Classifier(Sizes(), optimizer=torch.optim.SGD,
+                        train_resolution=OmegaConf.create([24, 32]),
+                        class_names=OmegaConf.create(list(DISPLAY_NAMES)))  # fmt: skip
+    torch.save({"hyper_parameters": dict(module.hparams)}, tmp_path / "h.pt")
+    loaded = torch.load(tmp_path / "h.pt", weights_only=True)["hyper_parameters"]
+    assert loaded["train_resolution"] == [24, 32]
+    assert loaded["class_names"] == list(DISPLAY_NAMES)
