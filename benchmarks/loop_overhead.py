@@ -1,20 +1,20 @@
 """Seconds per training epoch: Lightning's Trainer.fit vs a plain PyTorch loop, same work.
 
-Both run the project's Classifier as the recipe builds it (Hydra config `--experiment`,
-fast_cpu by default, at the recipe's fastnet widths and batch size: SGD nesterov, triangle
-schedule, label smoothing, channels_last, BN biases at 64x lr), on the same batches: a
-DeviceBatches over the same uint8 tensors with the recipe's BatchAugment and seed, from the same
-initial weights. The plain loop does what Trainer.fit + Classifier do per fit and per step, and
-nothing else: whitening init, set_epoch, channels_last, forward, label-smoothed cross-entropy,
-the train accuracy metric, the epoch's loss sum, zero_grad, backward, SGD step, scheduler step,
-and the metric's compute/reset at the end. Lightning runs without logger, checkpointing,
-progress bar, model summary, sanity check and callbacks (no Lookahead or health checks: the plain
-loop has none either). Each timed run is Trainer.fit itself (its setup included; building the
-Trainer is timed apart) vs the whole plain loop; the two alternate, after one warm-up round, and
-the medians are compared. The warm-up round also checks that both end with the same weights
-(same work, same numbers).
+Both run the project's Classifier as the recipe builds it (Hydra config `--experiment`, fast_cpu
+by default, at the recipe's fastnet widths, batch size, optimizer, schedule, precision and
+first-epoch input size; label smoothing, channels_last, BN biases at 64x lr), on the same
+batches: a DeviceBatches over the same uint8 tensors with the recipe's BatchAugment and seed,
+from the same initial weights. The plain loop does what Trainer.fit + Classifier do per fit and
+per step, and nothing else: whitening init, set_epoch, channels_last, forward, label-smoothed
+cross-entropy, the train accuracy metric, the epoch's loss sum, zero_grad, backward, optimizer
+step, scheduler step, and the metric's compute/reset at the end. Lightning runs without logger,
+checkpointing, progress bar, model summary, sanity check and callbacks (no Lookahead or health
+checks: the plain loop has none either). Each timed run is Trainer.fit itself (its setup
+included; building the Trainer is timed apart) vs the whole plain loop; the two alternate, after
+one warm-up round, and the medians are compared. The warm-up round also checks that both end
+with the same weights (same work, same numbers).
 
-    python benchmarks/loop_overhead.py                        # random images, one epoch (97 steps)
+    python benchmarks/loop_overhead.py                        # random images, one epoch
     python benchmarks/loop_overhead.py --data-root data/cifar10-jpeg --threads 2
     python benchmarks/loop_overhead.py --steps 20 --repeats 3  # quicker, per-step overhead only
 """
