@@ -133,7 +133,8 @@ class AdamToSGD(Optimizer):
 
 def _schedule_factor(group: dict) -> float:
     """How far a scheduler has moved this group's lr from where it started (1 without one)."""
-    return group["lr"] / group.get("initial_lr", group["lr"])
+    initial = group.get("initial_lr", group["lr"])
+    return group["lr"] / initial if initial else 1.0
 
 
 def _sgd_update(p: torch.Tensor, state: dict, group: dict, lr: float) -> None:
