@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch.optim import Optimizer
@@ -78,10 +78,7 @@ class AdamToSGD(Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):  # noqa: ANN001 - torch's signature
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _evaluate(closure)
         for group in self.param_groups:
             if group["phase"] == "adam":
                 self._adam_step(group)
@@ -129,6 +126,14 @@ class AdamToSGD(Optimizer):
         for p in group["params"]:
             if p.grad is not None:
                 _sgd_update(p, self.state[p], group, lr)
+
+
+def _evaluate(closure: Callable[[], torch.Tensor] | None) -> torch.Tensor | None:
+    """torch's optimizer contract: step(closure) re-computes the loss, with gradients on."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
 
 
 def _schedule_factor(group: dict) -> float:
@@ -202,10 +207,7 @@ class Muon(Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):  # noqa: ANN001 - torch's signature
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _evaluate(closure)
         for group in self.param_groups:
             factor = _schedule_factor(group)
             for p in group["params"]:
