@@ -37,7 +37,6 @@ from typing import Any
 
 import pytorch_lightning as L
 import torch
-import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -196,12 +195,10 @@ def run_plain(s: Setup) -> tuple[float, Classifier]:
     net.set_epoch(0)  # on_train_epoch_start
     batches.set_epoch(0)
     loss_sum = torch.zeros((), device=s.device)  # what self.log("train/loss", on_epoch) sums
-    size = module.train_size(0)  # progressive resizing: epoch 0's input size
     for x, y in itertools.islice(batches, total):
         if module.channels_last:  # as Classifier does with its inputs
             x = x.contiguous(memory_format=torch.channels_last)
-        if size is not None and size != x.shape[-1]:
-            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
+        x = module.resize_for_training(x, 0)  # progressive resizing, as training_step
         with s.autocast():  # training_step
             logits = net(x)
             loss = module.criterion(logits, y)

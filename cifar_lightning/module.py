@@ -105,19 +105,21 @@ class Classifier(L.LightningModule):
         opts = self.optimizers(use_pl_optimizer=False)
         return opts if isinstance(opts, list) else [opts]
 
-    def train_size(self, epoch: int) -> int | None:
-        """The training input size of `epoch` (0-based) under train_resolution, or None."""
+    def resize_for_training(self, x: Tensor, epoch: int) -> Tensor:
+        """x at epoch's (0-based) training input size under train_resolution; x as it is without
+        one or when it already has that size."""
         if not self.train_resolution:
-            return None
-        return self.train_resolution[min(epoch, len(self.train_resolution) - 1)]
+            return x
+        size = self.train_resolution[min(epoch, len(self.train_resolution) - 1)]
+        if size == x.shape[-1]:
+            return x
+        # Smaller inputs early cost fewer FLOPs per image (fastnet ends in a global max-pool, so
+        # any size works); antialiasing keeps the downscaled images free of aliasing.
+        return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
         x, y = self._inputs(batch)
-        size = self.train_size(self.current_epoch)
-        if size is not None and size != x.shape[-1]:
-            # Smaller inputs early cost fewer FLOPs per image (fastnet ends in a global max-pool,
-            # so any size works); antialiasing keeps the downscaled images free of aliasing.
-            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
+        x = self.resize_for_training(x, self.current_epoch)
         logits = self(x)
         loss = self.criterion(logits, y)
         preds = logits.detach().argmax(1)
