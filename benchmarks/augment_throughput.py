@@ -1,9 +1,12 @@
-"""Images/s of the per-image torchvision pipeline vs BatchAugment on whole batches.
+"""Images/s of the per-image torchvision pipeline vs the device path's batched augmentation.
 
-(a) torchvision: train_transform(preset) per image in a DataLoader (num_workers=2, batch 512)
-    over uint8 tensors, as CIFAR10DataModule does; (b) BatchAugment on batches of 512 on one
-    device. Both presets, same process, one run; the median of a few timed rounds after warm-up
-    (a device round repeats its pass for at least --min-seconds).
+(a) torchvision: train_transform(preset) per image in a DataLoader (num_workers=2, batch 512,
+    shuffled) over uint8 tensors, as CIFAR10DataModule does with data.loader=torch; (b) the
+    device path, as with data.loader=device: DeviceBatches (batch 512, shuffled) with
+    BatchAugment over the uint8 images on one device. Both presets, same process, one run.
+    After a warm-up pass of each, timed rounds alternate, torchvision then device; a round
+    repeats its pass until it has lasted --min-seconds. The ratio is the median of the
+    per-round ratios.
 
     python benchmarks/augment_throughput.py                       # random images, CPU
     python benchmarks/augment_throughput.py --device cuda --data-root data/
@@ -16,6 +19,7 @@ import math
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -27,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 from benchmarks.common import machine, save  # noqa: E402
 from cifar_lightning.augment import AugmentPreset, train_transform  # noqa: E402
 from cifar_lightning.data.datamodule import ImageTensorDataset  # noqa: E402
-from cifar_lightning.data.device import BatchAugment  # noqa: E402
+from cifar_lightning.data.device import BatchAugment, DeviceBatches  # noqa: E402
 from cifar_lightning.memory import retain_freed_memory  # noqa: E402
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "augment"
@@ -45,42 +49,73 @@ def load_images(args: argparse.Namespace) -> torch.Tensor:
     return torch.randint(0, 256, (args.images, 3, 32, 32), dtype=torch.uint8, generator=g)
 
 
-def time_torchvision(x: torch.Tensor, preset: AugmentPreset, args: argparse.Namespace) -> float:
+def sized_rounds(passes: Callable[[int], float], min_seconds: float) -> Callable[[], float]:
+    """A timed round: `passes(count)` (seconds for count passes) with count chosen by a warm-up
+    pass so that a round lasts at least min_seconds; returns seconds per pass."""
+    count = max(1, math.ceil(min_seconds / passes(1)))
+    return lambda: passes(count) / count
+
+
+def torchvision_pass(
+    x: torch.Tensor, preset: AugmentPreset, args: argparse.Namespace
+) -> Callable[[], float]:
+    """A function that times a round of DataLoader passes over x (seconds per pass)."""
     y = torch.zeros(len(x), dtype=torch.long)
     dataset = ImageTensorDataset(x, y, train_transform(preset))
     loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=True,
                         num_workers=args.workers, persistent_workers=args.workers > 0)  # fmt: skip
-    for _ in loader:  # warm-up: starts the workers, fills caches
-        break
-    times = []
-    for _ in range(args.repeats):
+
+    def passes(count: int) -> float:
         start = time.perf_counter()
-        for _ in loader:
-            pass
-        times.append(time.perf_counter() - start)
-    return len(x) / statistics.median(times)
-
-
-def time_device(x: torch.Tensor, preset: AugmentPreset, args: argparse.Namespace) -> float:
-    x = x.to(args.device)
-    augment = BatchAugment(preset)
-    sync = torch.cuda.synchronize if x.device.type == "cuda" else lambda: None
-    batches = list(x.split(args.batch_size))
-
-    def passes(count: int, first: int) -> float:
-        sync()
-        start = time.perf_counter()
-        for r in range(first, first + count):
-            for i, b in enumerate(batches):
-                augment(b, seed=r * len(batches) + i, epoch=r)
-        sync()
+        for _ in range(count):
+            for _ in loader:
+                pass
         return time.perf_counter() - start
 
-    # Warm-up, which also sizes a timed round: a pass can take only tens of milliseconds, too
-    # short to time on a shared machine, so each round repeats it for at least --min-seconds.
-    count = max(1, math.ceil(args.min_seconds / passes(1, 0)))
-    times = [passes(count, 1 + r * count) / count for r in range(args.repeats)]
-    return len(x) / statistics.median(times)
+    return sized_rounds(passes, args.min_seconds)  # its warm-up pass also starts the workers
+
+
+def device_pass(
+    x: torch.Tensor, preset: AugmentPreset, args: argparse.Namespace
+) -> Callable[[], float]:
+    """A function that times a round of device-path passes over x (seconds per pass):
+    DeviceBatches as data.loader=device trains with it, i.e. a new permutation per epoch, the
+    gather of each batch and BatchAugment."""
+    x = x.to(args.device)
+    y = torch.zeros(len(x), dtype=torch.long, device=x.device)
+    batches = DeviceBatches(x, y, args.batch_size, shuffle=True, augment=BatchAugment(preset),
+                            mean=preset.mean, std=preset.std)  # fmt: skip
+    sync = torch.cuda.synchronize if x.device.type == "cuda" else lambda: None
+    done = 0  # passes so far: each is an epoch of its own (new order, new parameters)
+
+    def passes(count: int) -> float:
+        nonlocal done
+        sync()
+        start = time.perf_counter()
+        for epoch in range(done, done + count):
+            batches.set_epoch(epoch)
+            for _ in batches:
+                pass
+        sync()
+        done += count
+        return time.perf_counter() - start
+
+    return sized_rounds(passes, args.min_seconds)
+
+
+def measure(x: torch.Tensor, preset: AugmentPreset, args: argparse.Namespace) -> dict:
+    """Alternating rounds, torchvision then device: this machine's speed drifts by tens of
+    percent within a minute (other tenants), and back-to-back rounds see the same drift, so the
+    ratio is taken per round and its median reported."""
+    tv_pass, dev_pass = torchvision_pass(x, preset, args), device_pass(x, preset, args)
+    tv, dev = [], []
+    for _ in range(args.repeats):
+        tv.append(len(x) / tv_pass())
+        dev.append(len(x) / dev_pass())
+    ratios = [d / t for d, t in zip(dev, tv, strict=True)]
+    return {"torchvision_img_s": statistics.median(tv), "device_img_s": statistics.median(dev),
+            "ratio": statistics.median(ratios), "round_ratios": ratios,
+            "torchvision_rounds_img_s": tv, "device_rounds_img_s": dev}  # fmt: skip
 
 
 def main() -> None:
@@ -91,7 +126,10 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers (torchvision)")
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds; the median counts")
     parser.add_argument(
-        "--min-seconds", type=float, default=2.0, help="least length of a device round"
+        "--min-seconds",
+        type=float,
+        default=4.0,
+        help="least length of a round: short passes are repeated within it",
     )
     parser.add_argument("--device", default="cpu", help="BatchAugment's device, e.g. cuda")
     parser.add_argument("--data-root", help="use the project's CIFAR-10 cache instead of noise")
@@ -117,15 +155,14 @@ def main() -> None:
     rows = []
     for name in args.presets:
         preset = AugmentPreset.from_config(yaml.safe_load((CONF / f"{name}.yaml").read_text()))
-        tv = time_torchvision(x, preset, args)
-        dev = time_device(x, preset, args)
-        rows.append({"preset": name, "torchvision_img_s": tv, "device_img_s": dev,
-                     "ratio": dev / tv})  # fmt: skip
+        rows.append({"preset": name, **measure(x, preset, args)})
 
-    print(f"{'preset':<10} {'torchvision img/s':>18} {'device img/s':>14} {'ratio':>8}")
+    print(f"{'preset':<10} {'torchvision img/s':>18} {'device img/s':>14} {'ratio':>8}   "
+          f"ratio per round")  # fmt: skip
     for r in rows:
+        rounds = " ".join(f"{q:.1f}" for q in r["round_ratios"])
         print(f"{r['preset']:<10} {r['torchvision_img_s']:>18,.0f} {r['device_img_s']:>14,.0f} "
-              f"{r['ratio']:>7.1f}x")  # fmt: skip
+              f"{r['ratio']:>7.1f}x   {rounds}")  # fmt: skip
     result = {
         "rows": rows,
         "images": len(x),

@@ -17,8 +17,15 @@ Lookahead average are untouched, and no random number is drawn. That time is kep
 training clock and reported apart. The last epoch is evaluated after on_train_end, i.e. after
 Lookahead's final average, which is the model train.py tests.
 
+With --seeds the recipe trains once per seed, in one process (the data loaded, the module
+built and fitted anew each time); the mean and spread of the final accuracy and of the
+training time are printed.
+--warmup-steps first runs the recipe untimed for that many steps, so that one-time costs of
+the process (CUDA context, cuDNN's algorithm search, torch.compile) stay off the clock.
+
     python benchmarks/time_to_accuracy.py data.root=data/cifar10-jpeg --threads 2
-    python benchmarks/time_to_accuracy.py --experiment fast94 data.root=data/cifar10-jpeg  # GPU
+    python benchmarks/time_to_accuracy.py --experiment fast94 --seeds 0 1 2 3 4 \\
+        --warmup-steps 100 data.root=data/cifar10-jpeg  # GPU: mean over 5 seeds
     python benchmarks/time_to_accuracy.py --target 0.92 --budget-minutes 5 --stop-at-budget \\
         data.root=data/cifar10-jpeg
 """
@@ -28,6 +35,7 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
+import statistics
 import sys
 import tempfile
 import time
@@ -195,6 +203,127 @@ def quiet() -> None:
     warnings.filterwarnings("ignore", message="Total length of `list` across ranks is zero")
 
 
+def run(args: argparse.Namespace, overrides: list[str], report: bool = True) -> dict[str, Any]:
+    """One training of the recipe, timed as the module docstring says; the result's figures."""
+    script_start = time.perf_counter()
+    cfg = compose_recipe(args.experiment, overrides)
+    retained = bool(cfg.retain_cpu_memory) and retain_freed_memory()  # as pipeline.train does
+    seed = L.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule, module = build(cfg)
+    assert isinstance(datamodule, CIFAR10DataModule)
+
+    start = time.perf_counter()
+    datamodule.prepare_data()  # decodes the images into the cache only when it is missing
+    datamodule.setup("fit")  # loads the cache, splits; Trainer.fit's own call is then a no-op
+    data = {"load_s": time.perf_counter() - start}
+    # Lightning calls this once, during fit setup; the device loader copies the split then.
+    datamodule.train_dataloader = timed(datamodule.train_dataloader, data, "train_copy_s")
+
+    budget_s = 60 * args.budget_minutes
+    recorder = Recorder(data["load_s"], budget_s, args.stop_at_budget,
+                        print_row if report else lambda row: None)  # fmt: skip
+    callbacks = recipe_callbacks(cfg)
+    extra = {} if "enable_progress_bar" in cfg.trainer else {"enable_progress_bar": False}
+    print(f"{args.experiment} {' '.join(overrides)}: {len(datamodule.train_set)} training "
+          f"images, batch {datamodule.batch_size}, {cfg.trainer.max_epochs} epochs "
+          f"(max_steps {cfg.trainer.max_steps}), {cfg.trainer.precision}, tta "
+          f"{module.tta_level}, {torch.get_num_threads()} threads, callbacks: "
+          f"{', '.join(type(c).__name__ for c in callbacks) or '-'}", flush=True)  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:  # nothing should be written; if so, not here
+        trainer = instantiate(
+            cfg.trainer,
+            callbacks=[*callbacks, recorder],
+            logger=False,
+            enable_checkpointing=False,
+            default_root_dir=tmp,
+            **extra,
+        )
+        if report:
+            print_header()
+        recorder.fit_start = recorder.clock()
+        trainer.fit(module, datamodule=datamodule)
+
+    data["train_copy_s"] = data.get("train_copy_s", 0.0)
+    data["test_copy_s"] = recorder.test_copy_s  # inside the first evaluation, not in cum s
+    setup_s = recorder.setup_s - data["train_copy_s"]
+    rows = recorder.rows
+    hit = next((r for r in rows if r["test_acc"] >= args.target), None)
+    within = [r for r in rows if r["cum_s"] <= budget_s]
+    at_budget = within[-1] if within else None
+    final = rows[-1] if rows else None
+    if report:
+        print_summary(args, data, setup_s, rows, hit, at_budget)
+
+    keys = ("data", "augment", "model", "optimizer", "scheduler", "module", "trainer", "health")
+    return {
+        "experiment": args.experiment,
+        "overrides": overrides,
+        "seed": seed,
+        "target": args.target,
+        "budget_minutes": args.budget_minutes,
+        "stop_at_budget": args.stop_at_budget,
+        "data": data,
+        "fit_setup_s": setup_s,
+        "retain_cpu_memory": retained,
+        "rows": rows,
+        "time_to_target_s": hit["cum_s"] if hit else None,
+        "target_epoch": hit["epoch"] if hit else None,
+        "acc_at_budget": at_budget["test_acc"] if at_budget else None,
+        "budget_epoch": at_budget["epoch"] if at_budget else None,
+        "final_test_acc": final["test_acc"] if final else None,
+        "final_cum_s": final["cum_s"] if final else None,
+        "train_s": final["train_s"] if final else None,
+        "eval_s": sum(r["eval_s"] for r in rows),
+        "elapsed_s": time.perf_counter() - script_start,
+        "callbacks": [type(c).__name__ for c in callbacks],
+        "config": {k: OmegaConf.to_container(cfg[k], resolve=True) for k in keys if k in cfg},
+        "device": str(module.device),
+    }
+
+
+def print_summary(args: argparse.Namespace, data: dict, setup_s: float, rows: list[dict],
+                  hit: dict | None, at_budget: dict | None) -> None:  # fmt: skip
+    print(f"data: cache load {data['load_s']:.2f} s, train split to device "
+          f"{data['train_copy_s']:.2f} s (test split {data['test_copy_s']:.2f} s, in eval); "
+          f"fit setup {setup_s:.2f} s; cum s counts all but eval")  # fmt: skip
+    if hit is not None:
+        print(f"time to {args.target:.2%}: {hit['cum_s']:.1f} s (epoch {hit['epoch']})")
+    else:
+        best = max((r["test_acc"] for r in rows), default=float("nan"))
+        print(f"time to {args.target:.2%}: not reached (best {best:.4f})")
+    if at_budget is not None:
+        print(f"accuracy at {args.budget_minutes:g} min: {at_budget['test_acc']:.4f} "
+              f"(epoch {at_budget['epoch']}, {at_budget['cum_s']:.1f} s)")  # fmt: skip
+    else:
+        print(f"accuracy at {args.budget_minutes:g} min: no epoch finished within the budget")
+    if rows:
+        print(f"final: {rows[-1]['test_acc']:.4f} after {rows[-1]['cum_s']:.1f} s "
+              f"(+ {sum(r['eval_s'] for r in rows):.1f} s of test evaluations)")  # fmt: skip
+
+
+def seed_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean and spread over seeds of the final accuracy and the training time."""
+    accs = [r["final_test_acc"] for r in runs]
+    train = [r["train_s"] for r in runs]
+    summary = {
+        "seeds": [r["seed"] for r in runs],
+        "final_test_acc": accs,
+        "mean_final_test_acc": statistics.fmean(accs),
+        "std_final_test_acc": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+        "train_s": train,
+        "mean_train_s": statistics.fmean(train),
+        "max_train_s": max(train),
+    }
+    print(f"\n{'seed':>5} {'train s':>8} {'setup s':>8} {'test acc':>9}")
+    for r in runs:
+        print(f"{r['seed']:>5} {r['train_s']:>8.2f} {r['fit_setup_s']:>8.2f} "
+              f"{r['final_test_acc']:>9.4f}")  # fmt: skip
+    print(f"mean over {len(runs)} seeds: test acc {summary['mean_final_test_acc']:.4f} "
+          f"(std {summary['std_final_test_acc']:.4f}), training {summary['mean_train_s']:.2f} s "
+          f"(max {summary['max_train_s']:.2f} s)")  # fmt: skip
+    return summary
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--experiment", default="fast_cpu", help="conf/experiment/<name>.yaml")
@@ -210,6 +339,18 @@ def main() -> None:
         type=int,
         help="torch.set_num_threads (default: torch's default; other jobs share the CPUs)",
     )
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        help="train once per seed and report the mean (default: the config's seed, once)",
+    )
+    parser.add_argument(
+        "--warmup-steps",
+        type=int,
+        default=0,
+        help="first an untimed run of this many steps (CUDA/cuDNN start-up, torch.compile)",
+    )
     parser.add_argument("--out", help="default: benchmarks/results/time_to_accuracy_<exp>.json")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. data.root=PATH")
     args = parser.parse_args()
@@ -218,94 +359,23 @@ def main() -> None:
     quiet()
     script_start = time.perf_counter()
 
-    cfg = compose_recipe(args.experiment, args.overrides)
-    retained = bool(cfg.retain_cpu_memory) and retain_freed_memory()  # as pipeline.train does
-    seed = L.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule, module = build(cfg)
-    assert isinstance(datamodule, CIFAR10DataModule)
-
-    start = time.perf_counter()
-    datamodule.prepare_data()  # decodes the images into the cache only when it is missing
-    datamodule.setup("fit")  # loads the cache, splits; Trainer.fit's own call is then a no-op
-    data = {"load_s": time.perf_counter() - start}
-    # Lightning calls this once, during fit setup; the device loader copies the split then.
-    datamodule.train_dataloader = timed(datamodule.train_dataloader, data, "train_copy_s")
-
-    budget_s = 60 * args.budget_minutes
-    recorder = Recorder(data["load_s"], budget_s, args.stop_at_budget, print_row)
-    callbacks = recipe_callbacks(cfg)
-    extra = {} if "enable_progress_bar" in cfg.trainer else {"enable_progress_bar": False}
-    print(f"{args.experiment} {' '.join(args.overrides)}: {len(datamodule.train_set)} training "
-          f"images, batch {datamodule.batch_size}, {cfg.trainer.max_epochs} epochs "
-          f"(max_steps {cfg.trainer.max_steps}), {cfg.trainer.precision}, tta "
-          f"{module.tta_level}, {torch.get_num_threads()} threads, callbacks: "
-          f"{', '.join(type(c).__name__ for c in callbacks) or '-'}", flush=True)  # fmt: skip
-    with tempfile.TemporaryDirectory() as tmp:  # nothing should be written; if so, not here
-        trainer = instantiate(
-            cfg.trainer,
-            callbacks=[*callbacks, recorder],
-            logger=False,
-            enable_checkpointing=False,
-            default_root_dir=tmp,
-            **extra,
-        )
-        print_header()
-        recorder.fit_start = recorder.clock()
-        trainer.fit(module, datamodule=datamodule)
-
-    data["train_copy_s"] = data.get("train_copy_s", 0.0)
-    data["test_copy_s"] = recorder.test_copy_s  # inside the first evaluation, not in cum s
-    setup_s = recorder.setup_s - data["train_copy_s"]
-    rows = recorder.rows
-    hit = next((r for r in rows if r["test_acc"] >= args.target), None)
-    within = [r for r in rows if r["cum_s"] <= budget_s]
-    at_budget = within[-1] if within else None
-    final = rows[-1] if rows else None
-
-    print(f"data: cache load {data['load_s']:.2f} s, train split to device "
-          f"{data['train_copy_s']:.2f} s (test split {data['test_copy_s']:.2f} s, in eval); "
-          f"fit setup {setup_s:.2f} s; cum s counts all but eval")  # fmt: skip
-    if hit is not None:
-        print(f"time to {args.target:.2%}: {hit['cum_s']:.1f} s (epoch {hit['epoch']})")
-    else:
-        best = max((r["test_acc"] for r in rows), default=float("nan"))
-        print(f"time to {args.target:.2%}: not reached (best {best:.4f})")
-    if at_budget is not None:
-        print(f"accuracy at {args.budget_minutes:g} min: {at_budget['test_acc']:.4f} "
-              f"(epoch {at_budget['epoch']}, {at_budget['cum_s']:.1f} s)")  # fmt: skip
-    else:
-        print(f"accuracy at {args.budget_minutes:g} min: no epoch finished within the budget")
-    if final is not None:
-        print(f"final: {final['test_acc']:.4f} after {final['cum_s']:.1f} s "
-              f"(+ {sum(r['eval_s'] for r in rows):.1f} s of test evaluations)")  # fmt: skip
-
-    keys = ("data", "augment", "model", "optimizer", "scheduler", "module", "trainer", "health")
-    result = {
-        "experiment": args.experiment,
-        "overrides": args.overrides,
-        "seed": seed,
-        "target": args.target,
-        "budget_minutes": args.budget_minutes,
-        "stop_at_budget": args.stop_at_budget,
-        "data": data,
-        "fit_setup_s": setup_s,
-        "retain_cpu_memory": retained,
-        "rows": rows,
-        "time_to_target_s": hit["cum_s"] if hit else None,
-        "target_epoch": hit["epoch"] if hit else None,
-        "acc_at_budget": at_budget["test_acc"] if at_budget else None,
-        "budget_epoch": at_budget["epoch"] if at_budget else None,
-        "final_test_acc": final["test_acc"] if final else None,
-        "final_cum_s": final["cum_s"] if final else None,
-        "eval_s": sum(r["eval_s"] for r in rows),
-        "elapsed_s": time.perf_counter() - script_start,
-        "callbacks": [type(c).__name__ for c in callbacks],
-        "config": {k: OmegaConf.to_container(cfg[k], resolve=True) for k in keys if k in cfg},
-        "device": str(module.device),
-        "pytorch_lightning": L.__version__,
-        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    warmup = None
+    if args.warmup_steps:
+        # The same recipe, cut short: its kernels, cuDNN's algorithm choices and compiled graphs
+        # are then ready before the clock of the timed runs starts.
+        print(f"warm-up: {args.warmup_steps} steps, not timed", flush=True)
+        warm = run(args, [*args.overrides, f"trainer.max_steps={args.warmup_steps}"], False)
+        warmup = {"steps": args.warmup_steps, "elapsed_s": warm["elapsed_s"]}
+    seeds = [[f"seed={s}"] for s in args.seeds] if args.seeds else [[]]
+    runs = [run(args, [*args.overrides, *seed]) for seed in seeds]
+    result = runs[0] if len(runs) == 1 else {"runs": runs, **seed_summary(runs)}
+    result.update(
+        warmup=warmup,
+        elapsed_s=time.perf_counter() - script_start,
+        pytorch_lightning=L.__version__,
+        gpu=torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         **machine(),
-    }
+    )
     save(result, args.out or f"benchmarks/results/time_to_accuracy_{args.experiment}.json")
 
 

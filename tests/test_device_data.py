@@ -123,6 +123,29 @@ def test_batches_are_deterministic_and_leave_the_global_rng_alone():
     assert not torch.equal(epoch(0, 0)[1], epoch(1, 0)[1])
 
 
+@pytest.mark.parametrize(
+    "name, alternating",
+    [("standard", False), ("fast", True), ("seed", False),
+     ("jitter", False), ("noflip", False), ("flip", True)],
+)  # fmt: skip
+def test_gather_equals_augmenting_the_gathered_batch(name, alternating):
+    # gather reads crops from a padded copy of the whole source instead of the batch: the
+    # numbers must be those of the batch path, image for image.
+    presets = {
+        "jitter": AugmentPreset(crop_padding=2, flip=True, color_jitter={"contrast": 0.5}),
+        "noflip": AugmentPreset(crop_padding=3),
+        "flip": AugmentPreset(flip=True),
+    }
+    p = presets[name] if name in presets else preset(name)
+    aug = BatchAugment(p, alternating_flip=alternating, flip_seed=3)
+    source = images(100)
+    for epoch, index in enumerate([torch.randperm(100)[:40], torch.arange(99, 59, -1)]):
+        want = aug(source[index], seed=epoch, epoch=epoch, index=index)
+        assert torch.equal(aug.gather(source, index, seed=epoch, epoch=epoch), want)
+    other = images(100, seed=1)  # a new source gets its own padded copy
+    assert torch.equal(aug.gather(other, index, 0, 0), aug(other[index], 0, 0, index))
+
+
 # --- the same transforms as torchvision -----------------------------------------------------
 
 

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The three benchmarks on one CUDA GPU, one after another (a few minutes on an H100-class GPU).
+#   bash benchmarks/gpu.sh DATA_ROOT [RESULTS_DIR]
+# DATA_ROOT holds CIFAR-10 in a layout the project reads (see README); the JSON files go to
+# RESULTS_DIR (default benchmarks/results). A failing benchmark does not stop the others; the
+# exit status is non-zero if any failed.
+set -u
+root=${1:?usage: bash benchmarks/gpu.sh DATA_ROOT [RESULTS_DIR]}
+out=${2:-benchmarks/results}
+failed=0
+step() {
+    echo "== $*"
+    "$@" || { echo "== failed (exit $?): $*"; failed=1; }
+}
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+# 1. device augmentation vs torchvision's per-image pipeline (DataLoader, 2 workers)
+step python benchmarks/augment_throughput.py --device cuda --data-root "$root" \
+    --images 10240 --repeats 3 --min-seconds 1 --out "$out/augment_throughput_cuda.json"
+# 2. Lightning vs a plain loop, one epoch of fast94 (48 steps of 1024)
+step python benchmarks/loop_overhead.py --experiment fast94 --device cuda --data-root "$root" \
+    --repeats 5 --out "$out/loop_overhead_fast94_cuda.json"
+# 3. fast94 over 5 seeds, after an untimed warm-up run
+step python benchmarks/time_to_accuracy.py --experiment fast94 --target 0.94 \
+    --seeds 0 1 2 3 4 --warmup-steps 100 --out "$out/time_to_accuracy_fast94.json" \
+    data.root="$root"
+exit $failed
