@@ -4,9 +4,9 @@
     shuffled) over uint8 tensors, as CIFAR10DataModule does with data.loader=torch; (b) the
     device path, as with data.loader=device: DeviceBatches (batch 512, shuffled) with
     BatchAugment over the uint8 images on one device. Both presets, same process, one run.
-    After a warm-up pass of each, timed rounds alternate, torchvision then device; a round
-    repeats its pass until it has lasted --min-seconds. The ratio is the median of the
-    per-round ratios.
+    After an untimed pass of each, timed rounds alternate, torchvision then device; a round
+    repeats its pass as often as it takes to last at least --min-seconds (sized by one timed
+    pass). The ratio is the median of the per-round ratios.
 
     python benchmarks/augment_throughput.py                       # random images, CPU
     python benchmarks/augment_throughput.py --device cuda --data-root data/
@@ -49,17 +49,24 @@ def load_images(args: argparse.Namespace) -> torch.Tensor:
     return torch.randint(0, 256, (args.images, 3, 32, 32), dtype=torch.uint8, generator=g)
 
 
-def sized_rounds(passes: Callable[[int], float], min_seconds: float) -> Callable[[], float]:
-    """A timed round: `passes(count)` (seconds for count passes) with count chosen by a warm-up
-    pass so that a round lasts at least min_seconds; returns seconds per pass."""
+def sized_rounds(passes: Callable[[int], float], min_seconds: float) -> Callable[[], dict]:
+    """A timed round: `passes(count)` (seconds for count passes). One untimed pass first (worker
+    start-up, one-time copies, first-use allocations), then one timed pass sizes the rounds so
+    that each lasts at least min_seconds. A round returns its count and seconds."""
+    passes(1)
     count = max(1, math.ceil(min_seconds / passes(1)))
-    return lambda: passes(count) / count
+
+    def round_() -> dict:
+        seconds = passes(count)
+        return {"passes": count, "seconds": seconds}
+
+    return round_
 
 
 def torchvision_pass(
     x: torch.Tensor, preset: AugmentPreset, args: argparse.Namespace
-) -> Callable[[], float]:
-    """A function that times a round of DataLoader passes over x (seconds per pass)."""
+) -> Callable[[], dict]:
+    """A function that times a round of DataLoader passes over x."""
     y = torch.zeros(len(x), dtype=torch.long)
     dataset = ImageTensorDataset(x, y, train_transform(preset))
     loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=True,
@@ -72,13 +79,13 @@ def torchvision_pass(
                 pass
         return time.perf_counter() - start
 
-    return sized_rounds(passes, args.min_seconds)  # its warm-up pass also starts the workers
+    return sized_rounds(passes, args.min_seconds)  # the untimed pass starts the workers
 
 
 def device_pass(
     x: torch.Tensor, preset: AugmentPreset, args: argparse.Namespace
-) -> Callable[[], float]:
-    """A function that times a round of device-path passes over x (seconds per pass):
+) -> Callable[[], dict]:
+    """A function that times a round of device-path passes over x:
     DeviceBatches as data.loader=device trains with it, i.e. a new permutation per epoch, the
     gather of each batch and BatchAugment."""
     x = x.to(args.device)
@@ -107,15 +114,17 @@ def measure(x: torch.Tensor, preset: AugmentPreset, args: argparse.Namespace) ->
     """Alternating rounds, torchvision then device: this machine's speed drifts by tens of
     percent within a minute (other tenants), and back-to-back rounds see the same drift, so the
     ratio is taken per round and its median reported."""
-    tv_pass, dev_pass = torchvision_pass(x, preset, args), device_pass(x, preset, args)
+    tv_round, dev_round = torchvision_pass(x, preset, args), device_pass(x, preset, args)
     tv, dev = [], []
     for _ in range(args.repeats):
-        tv.append(len(x) / tv_pass())
-        dev.append(len(x) / dev_pass())
-    ratios = [d / t for d, t in zip(dev, tv, strict=True)]
-    return {"torchvision_img_s": statistics.median(tv), "device_img_s": statistics.median(dev),
-            "ratio": statistics.median(ratios), "round_ratios": ratios,
-            "torchvision_rounds_img_s": tv, "device_rounds_img_s": dev}  # fmt: skip
+        tv.append(tv_round())
+        dev.append(dev_round())
+    tv_img_s = [len(x) * r["passes"] / r["seconds"] for r in tv]
+    dev_img_s = [len(x) * r["passes"] / r["seconds"] for r in dev]
+    ratios = [d / t for d, t in zip(dev_img_s, tv_img_s, strict=True)]
+    return {"torchvision_img_s": statistics.median(tv_img_s),
+            "device_img_s": statistics.median(dev_img_s), "ratio": statistics.median(ratios),
+            "round_ratios": ratios, "torchvision_rounds": tv, "device_rounds": dev}  # fmt: skip
 
 
 def main() -> None:

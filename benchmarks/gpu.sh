@@ -5,8 +5,9 @@
 # RESULTS_DIR (default benchmarks/results). A failing benchmark does not stop the others; the
 # exit status is non-zero if any failed.
 set -u
-root=${1:?usage: bash benchmarks/gpu.sh DATA_ROOT [RESULTS_DIR]}
-out=${2:-benchmarks/results}
+root=$(realpath "${1:?usage: bash benchmarks/gpu.sh DATA_ROOT [RESULTS_DIR]}")
+out=$(realpath "${2:-benchmarks/results}")
+cd "$(dirname "$0")/.." || exit 1  # the repository root: the scripts' paths are relative to it
 failed=0
 step() {
     echo "== $*"
@@ -19,8 +20,8 @@ step python benchmarks/augment_throughput.py --device cuda --data-root "$root" \
 # 2. Lightning vs a plain loop, one epoch of fast94 (48 steps of 1024)
 step python benchmarks/loop_overhead.py --experiment fast94 --device cuda --data-root "$root" \
     --repeats 5 --out "$out/loop_overhead_fast94_cuda.json"
-# 3. fast94 over 5 seeds, after an untimed warm-up run
+# 3. fast94 over 5 seeds, after an untimed warm-up run into epoch 4 (Lookahead starts in 3)
 step python benchmarks/time_to_accuracy.py --experiment fast94 --target 0.94 \
-    --seeds 0 1 2 3 4 --warmup-steps 100 --out "$out/time_to_accuracy_fast94.json" \
+    --seeds 0 1 2 3 4 --warmup-steps 150 --out "$out/time_to_accuracy_fast94.json" \
     data.root="$root"
 exit $failed

@@ -102,6 +102,12 @@ class Setup:
         self.x, self.y = x.to(self.device), y.to(self.device)
         self.preset = AugmentPreset.from_config(OmegaConf.to_container(cfg.augment))
         self.seed = int(cfg.seed or 0)
+        # One BatchAugment for every run: it draws from per-batch seeds, so runs still see the
+        # same batches, and its padded copy of the images is made once.
+        self.augment = None
+        if self.preset.is_random or cfg.data.alternating_flip:
+            alternating = cfg.data.alternating_flip
+            self.augment = BatchAugment(self.preset, alternating, flip_seed=self.seed)
         # As CIFAR10DataModule.whitening_images: on the host, moved by the module.
         self.whitening = normalize(x[:WHITENING_IMAGES], self.preset.mean, self.preset.std)
         torch.manual_seed(self.seed)
@@ -112,11 +118,8 @@ class Setup:
 
     def batches(self) -> DeviceBatches:
         """A fresh pass over the same batches (as CIFAR10DataModule._device_batches)."""
-        augment = None
-        if self.preset.is_random or self.cfg.data.alternating_flip:
-            augment = BatchAugment(self.preset, self.cfg.data.alternating_flip, flip_seed=self.seed)
         return DeviceBatches(
-            self.x, self.y, self.args.batch_size, shuffle=True, augment=augment,
+            self.x, self.y, self.args.batch_size, shuffle=True, augment=self.augment,
             mean=self.preset.mean, std=self.preset.std, seed=self.seed, drop_last=True,
         )  # fmt: skip
 

@@ -197,6 +197,64 @@ def test_fixed_parameters_reproduce_torchvision_functional():
         torch.testing.assert_close(ours, expected, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("padding, flip", [(4, True), (2, False), (0, True)])
+def test_gather_crops_and_flips_as_torchvision(padding, flip):
+    # gather straight against torchvision's functional ops, image by image: a wrong offset into
+    # the padded copy would pass a comparison with the batch path only if both were wrong.
+    aug = BatchAugment(AugmentPreset(crop_padding=padding, flip=flip, **RAW))
+    source, index = images(50), torch.tensor([7, 0, 49, 7, 23, 31, 12, 3])
+    g = torch.Generator().manual_seed(1)
+    params = aug.sample(len(index), g, torch.device("cpu"))  # what gather draws with seed 1
+    ours = aug.gather(source, index, seed=1, epoch=0)
+    for i, k in enumerate(index.tolist()):
+        t = F.pad(source[k].float() / 255, [padding])
+        if padding:
+            t = F.crop(t, int(params["top"][i]), int(params["left"][i]), 32, 32)
+        t = F.horizontal_flip(t) if flip and params["flip"][i] else t
+        torch.testing.assert_close(ours[i], t, atol=1e-6, rtol=0)
+
+
+def test_canvas_masks_match_a_per_pixel_check():
+    # _row_intervals + _interval_mask against the definition: output pixel (x, y) is kept iff
+    # back maps it into the canvas -0.5 <= u, v < 31.5.
+    from cifar_lightning.data.device import _interval_mask, _row_intervals
+
+    def check(back: torch.Tensor, tolerance: float) -> torch.Tensor:
+        mask = _interval_mask(*_row_intervals(back))[:, 0]
+        assert ((mask == 0) | (mask == 1)).all()  # it multiplies images: no nan, nothing else
+        mask = mask.bool()
+        ys, xs = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+        u, v, w = (back @ torch.stack([xs, ys, torch.ones_like(xs)]).view(3, -1)).unbind(1)
+        u, v = u / w, v / w
+        inside = ((u >= -0.5) & (u < 31.5) & (v >= -0.5) & (v < 31.5)).view(-1, 32, 32)
+        # Within `tolerance` of the canvas edge, float rounding may decide either way.
+        edge = torch.stack([u + 0.5, u - 31.5, v + 0.5, v - 31.5]).abs().amin(0) < tolerance
+        differ = (mask != inside) & ~edge.view(-1, 32, 32)
+        assert not differ.any(), differ.nonzero()[:5]
+        return inside
+
+    g = torch.Generator().manual_seed(0)
+    maps = torch.eye(3) + 0.15 * torch.randn(40, 3, 3, generator=g)  # mild random maps
+    maps[:, :2, 2] = 6 * torch.randn(40, 2, generator=g)
+    maps[:, 2] = torch.tensor([0.0, 0.0, 1.0])
+    maps[:, 2, :2] = 2e-3 * torch.randn(40, 2, generator=g)
+    check(maps, tolerance=1e-4)
+    # Exact in floats, so no tolerance: edges with zero and negative-zero coefficients (the
+    # identity, a 180-degree turn, swapped axes, -0.0 in the last row), rows shifted out of the
+    # canvas, and rows that land exactly on its top edge v = -0.5 (where a = c = 0).
+    exact = torch.tensor([
+        [[1.0, 0, 0], [0, 1, 0], [0, 0, 1]],
+        [[-1.0, 0, 31], [0, -1, 31], [0, 0, 1]],
+        [[0.0, 1, 0], [1, 0, 0], [0, 0, 1]],
+        [[1.0, 0, 0], [0, 1, 0], [-0.0, -0.0, 1]],
+        [[1.0, 0, 0], [0, 1, -20], [0, 0, 1]],
+        [[1.0, 0, 0], [0, 1, -3.5], [0, 0, 1]],
+    ])  # fmt: skip
+    inside = check(exact, tolerance=0.0)
+    assert inside[:4].all() and inside[4].float().mean() == 12 / 32
+    assert inside[5, 3:].all() and not inside[5, :3].any()
+
+
 def test_sampling_grid_warps_as_kornia_warp_perspective():
     # The fused warp is grid_sample over _sampling_grid; kornia's warp_perspective, which it
     # replaces for speed, must give the same image for any projective map.
