@@ -206,7 +206,7 @@ def quiet() -> None:
 
 def run(args: argparse.Namespace, overrides: list[str], report: bool = True) -> dict[str, Any]:
     """One training of the recipe, timed as the module docstring says; the result's figures."""
-    script_start = time.perf_counter()
+    run_start = time.perf_counter()
     cfg = compose_recipe(args.experiment, overrides)
     retained = bool(cfg.retain_cpu_memory) and retain_freed_memory()  # as pipeline.train does
     seed = L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -275,7 +275,7 @@ def run(args: argparse.Namespace, overrides: list[str], report: bool = True) -> 
         "final_cum_s": final["cum_s"] if final else None,
         "train_s": final["train_s"] if final else None,
         "eval_s": sum(r["eval_s"] for r in rows),
-        "elapsed_s": time.perf_counter() - script_start,
+        "elapsed_s": time.perf_counter() - run_start,
         "callbacks": [type(c).__name__ for c in callbacks],
         "config": {k: OmegaConf.to_container(cfg[k], resolve=True) for k in keys if k in cfg},
         "device": str(module.device),

@@ -569,15 +569,16 @@ class DeviceBatches:
             lo, hi = b * self.batch_size, (b + 1) * self.batch_size
             if contiguous:  # evaluation on one device: plain slices, no gather
                 x, y = normalize(self.x[lo:hi], self.mean, self.std), self.y[lo:hi]
-            elif self.augment is None:
-                # index_select, not x[idx]: on a CPU the latter took 6x as long for a batch of
-                # CIFAR images.
-                idx = index[lo:hi]
-                x, y = normalize(self.x.index_select(0, idx), self.mean, self.std), self.y[idx]
             else:
                 idx = index[lo:hi]
-                seed = derive_seed(self.seed, epoch, b, self.rank)  # rank: no shared crops
-                x, y = self.augment.gather(self.x, idx, seed, epoch), self.y[idx]
+                y = self.y[idx]
+                if self.augment is None:
+                    # index_select, not x[idx]: on a CPU the latter took 6x as long for a batch
+                    # of CIFAR images.
+                    x = normalize(self.x.index_select(0, idx), self.mean, self.std)
+                else:
+                    seed = derive_seed(self.seed, epoch, b, self.rank)  # rank: no shared crops
+                    x = self.augment.gather(self.x, idx, seed, epoch)
             # Advance the state before yielding: the consumer may never call next() again
             # (Lightning stops after len(self) batches), and a checkpoint taken while this batch
             # is being used must say "resume after it". After the last batch that is the start
