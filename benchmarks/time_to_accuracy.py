@@ -303,7 +303,8 @@ def print_summary(args: argparse.Namespace, data: dict, setup_s: float, rows: li
 
 
 def seed_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean and spread over seeds of the final accuracy and the training time."""
+    """Mean and spread over seeds of the final accuracy and the training time, and each seed's
+    time to the target accuracy (None where a seed did not reach it)."""
     done = [r for r in runs if r["final_test_acc"] is not None]  # runs that finished an epoch
     if not done:
         raise SystemExit("no run finished an epoch: nothing to summarise")
@@ -317,11 +318,13 @@ def seed_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "train_s_per_seed": train,
         "mean_train_s": statistics.fmean(train),
         "max_train_s": max(train),
+        "time_to_target_s_per_seed": [r["time_to_target_s"] for r in done],
     }
-    print(f"\n{'seed':>5} {'train s':>8} {'setup s':>8} {'test acc':>9}")
+    print(f"\n{'seed':>5} {'train s':>8} {'setup s':>8} {'test acc':>9} {'to target s':>12}")
     for r in done:
+        hit = "-" if r["time_to_target_s"] is None else f"{r['time_to_target_s']:.2f}"
         print(f"{r['seed']:>5} {r['train_s']:>8.2f} {r['fit_setup_s']:>8.2f} "
-              f"{r['final_test_acc']:>9.4f}")  # fmt: skip
+              f"{r['final_test_acc']:>9.4f} {hit:>12}")  # fmt: skip
     print(f"mean over {len(done)} seeds: test acc {summary['mean_final_test_acc']:.4f} "
           f"(std {summary['std_final_test_acc']:.4f}), training {summary['mean_train_s']:.2f} s "
           f"(max {summary['max_train_s']:.2f} s)")  # fmt: skip
