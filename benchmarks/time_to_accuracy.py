@@ -331,7 +331,8 @@ def seed_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
-def main() -> None:
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The options; Hydra overrides (key=value) may stand anywhere among them."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--experiment", default="fast_cpu", help="conf/experiment/<name>.yaml")
     parser.add_argument("--target", type=float, default=0.90, help="test accuracy to reach")
@@ -360,7 +361,16 @@ def main() -> None:
     )
     parser.add_argument("--out", help="default: benchmarks/results/time_to_accuracy_<exp>.json")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. data.root=PATH")
-    args = parser.parse_args()
+    # `--seeds 0 1 2 data.root=PATH` would hand the override to --seeds as a fourth seed: take
+    # the overrides out first (an option's own value, `--out=a=b.json`, starts with "-").
+    overrides = [a for a in argv if "=" in a and not a.startswith("-")]
+    args = parser.parse_args([a for a in argv if a not in overrides])
+    args.overrides = [*args.overrides, *overrides]
+    return args
+
+
+def main() -> None:
+    args = parse_args(sys.argv[1:])
     if args.threads:
         torch.set_num_threads(args.threads)
     quiet()

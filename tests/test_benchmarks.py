@@ -2,7 +2,7 @@
 
 import pytest
 
-from benchmarks.time_to_accuracy import seed_summary
+from benchmarks.time_to_accuracy import parse_args, seed_summary
 
 
 def _run(seed: int, acc: float | None, train_s: float, to_target: float | None) -> dict:
@@ -23,3 +23,24 @@ def test_seed_summary_means_and_per_seed_time_to_target(capsys):
 def test_seed_summary_refuses_runs_without_an_epoch():
     with pytest.raises(SystemExit, match="no run finished an epoch"):
         seed_summary([_run(0, None, 0.0, None)])
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--seeds", "0", "1", "2", "data.root=x", "trainer.max_epochs=2"],
+        ["data.root=x", "--seeds", "0", "1", "2", "trainer.max_epochs=2"],
+        ["data.root=x", "trainer.max_epochs=2", "--seeds", "0", "1", "2"],
+    ],
+)
+def test_overrides_may_follow_the_seeds(argv):
+    args = parse_args([*argv, "--out=r=1.json"])
+    assert args.seeds == [0, 1, 2]
+    assert args.overrides == ["data.root=x", "trainer.max_epochs=2"]
+    assert args.out == "r=1.json"
+
+
+def test_a_seed_that_is_not_a_number_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--seeds", "0", "one"])
+    assert "invalid int value: 'one'" in capsys.readouterr().err
