@@ -64,14 +64,18 @@ class Classifier(L.LightningModule):
         if self.train_resolution and min(self.train_resolution) < 8:
             raise ValueError(f"module.train_resolution: sizes must be >= 8, got {train_resolution}")
         # torch.compile'd forward, set past nn.Module's registration so that it stays out of
-        # the module tree: checkpoints hold `net.*` only, whether compiled or not.
-        object.__setattr__(self, "_compiled", torch.compile(net) if compile else None)
+        # the module tree: checkpoints hold `net.*` only, whether compiled or not. Static shapes:
+        # a run sees a handful of batch shapes (train_resolution's sizes, a last partial eval
+        # batch), each compiled once, where a dynamic-shape graph would be slower for all.
+        compiled = torch.compile(net, dynamic=False) if compile else None
+        object.__setattr__(self, "_compiled", compiled)
         self.lr: float | None = None  # the LR finder's suggestion, when tune_lr=true
         self.run_config: dict | None = None  # set by the training script, saved in checkpoints
         self.test_report: dict[str, Any] = {}
 
     def forward(self, x: Tensor) -> Tensor:
-        return (self._compiled or self.net)(x)
+        # `is None`, not `or`: a compiled module has no truth value (bool() asks for its len()).
+        return (self.net if self._compiled is None else self._compiled)(x)
 
     def setup(self, stage: str) -> None:
         if self.channels_last:

@@ -144,7 +144,10 @@ class FastNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = self.act(self.whiten(x))
         x = self.groups(x)
-        x = x.amax(dim=(2, 3))  # global max-pool (airbench: MaxPool2d(3) over the final 3x3)
+        # Global max-pool (airbench: MaxPool2d(3) over the final 3x3), taken in float32: under
+        # torch.compile with bf16 autocast on CPU, inductor's backward of a bf16 amax after GELU
+        # gives NaN gradients (torch 2.14). The values are bf16 either way, so the max is too.
+        x = x.float().amax(dim=(2, 3))
         # A fixed scale (airbench: 1/9) shrinks the logits, which max-pooled features make
         # large, and with them the head's effective step size.
         return self.head(x) * self.scaling
