@@ -320,11 +320,11 @@ def seed_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "max_train_s": max(train),
         "time_to_target_s_per_seed": [r["time_to_target_s"] for r in done],
     }
-    print(f"\n{'seed':>5} {'train s':>8} {'setup s':>8} {'test acc':>9} {'to target s':>12}")
+    print(f"\n{'seed':>5} {'train s':>8} {'setup s':>8} {'test acc':>9} {'cum s to target':>16}")
     for r in done:
         hit = "-" if r["time_to_target_s"] is None else f"{r['time_to_target_s']:.2f}"
         print(f"{r['seed']:>5} {r['train_s']:>8.2f} {r['fit_setup_s']:>8.2f} "
-              f"{r['final_test_acc']:>9.4f} {hit:>12}")  # fmt: skip
+              f"{r['final_test_acc']:>9.4f} {hit:>16}")  # fmt: skip
     print(f"mean over {len(done)} seeds: test acc {summary['mean_final_test_acc']:.4f} "
           f"(std {summary['std_final_test_acc']:.4f}), training {summary['mean_train_s']:.2f} s "
           f"(max {summary['max_train_s']:.2f} s)")  # fmt: skip
@@ -362,8 +362,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--out", help="default: benchmarks/results/time_to_accuracy_<exp>.json")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. data.root=PATH")
     # `--seeds 0 1 2 data.root=PATH` would hand the override to --seeds as a fourth seed: take
-    # the overrides out first (an option's own value, `--out=a=b.json`, starts with "-").
-    overrides = [a for a in argv if "=" in a and not a.startswith("-")]
+    # the overrides (key=value, ~key) out first. An option's own value with "=" in it must be
+    # joined to the option: `--out=a=b.json`, not `--out a=b.json`.
+    overrides = [a for a in argv if ("=" in a and not a.startswith("-")) or a.startswith("~")]
     args = parser.parse_args([a for a in argv if a not in overrides])
     args.overrides = [*args.overrides, *overrides]
     return args

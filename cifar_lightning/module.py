@@ -66,7 +66,7 @@ class Classifier(L.LightningModule):
         # torch.compile'd forward, set past nn.Module's registration so that it stays out of
         # the module tree: checkpoints hold `net.*` only, whether compiled or not. Static shapes:
         # a run sees a handful of batch shapes (train_resolution's sizes, a last partial eval
-        # batch), each compiled once, where a dynamic-shape graph would be slower for all.
+        # batch), each compiled once, where a dynamic-shape graph can be slower for all.
         compiled = torch.compile(net, dynamic=False) if compile else None
         object.__setattr__(self, "_compiled", compiled)
         self.lr: float | None = None  # the LR finder's suggestion, when tune_lr=true

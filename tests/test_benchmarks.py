@@ -34,9 +34,9 @@ def test_seed_summary_refuses_runs_without_an_epoch():
     ],
 )
 def test_overrides_may_follow_the_seeds(argv):
-    args = parse_args([*argv, "--out=r=1.json"])
+    args = parse_args([*argv, "--out=r=1.json", "~trainer.logger"])
     assert args.seeds == [0, 1, 2]
-    assert args.overrides == ["data.root=x", "trainer.max_epochs=2"]
+    assert args.overrides == ["data.root=x", "trainer.max_epochs=2", "~trainer.logger"]
     assert args.out == "r=1.json"
 
 

@@ -146,8 +146,9 @@ class FastNet(nn.Module):
         x = self.groups(x)
         # Global max-pool (airbench: MaxPool2d(3) over the final 3x3), taken in float32: under
         # torch.compile with bf16 autocast on CPU, inductor's backward of a bf16 amax after GELU
-        # gives NaN gradients (torch 2.14). The values are bf16 either way, so the max is too.
-        x = x.float().amax(dim=(2, 3))
+        # gives NaN gradients (torch 2.14). The values are bf16 either way, so the max is too;
+        # cast back so that a bf16/fp16 network (precision=bf16-true) gets its own dtype.
+        x = x.float().amax(dim=(2, 3)).to(x.dtype)
         # A fixed scale (airbench: 1/9) shrinks the logits, which max-pooled features make
         # large, and with them the head's effective step size.
         return self.head(x) * self.scaling
