@@ -1,4 +1,4 @@
-"""The time-to-accuracy benchmark's summary over seeds (its arithmetic, not its timings)."""
+"""The time-to-accuracy benchmark's summary over seeds and its command line (not its timings)."""
 
 import pytest
 
