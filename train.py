@@ -10,7 +10,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from cifar_lightning.errors import cli_guard, preflight
+from cifar_lightning.cli import cli_guard, preflight
 from cifar_lightning.pipeline import train
 
 

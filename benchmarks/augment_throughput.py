@@ -29,9 +29,9 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere
 
 from benchmarks.common import machine, save  # noqa: E402
-from cifar_lightning.augment import AugmentPreset, train_transform  # noqa: E402
+from cifar_lightning.data import BatchAugment, DeviceBatches  # noqa: E402
+from cifar_lightning.data.augment import AugmentPreset, train_transform  # noqa: E402
 from cifar_lightning.data.datamodule import ImageTensorDataset  # noqa: E402
-from cifar_lightning.data.device import BatchAugment, DeviceBatches  # noqa: E402
 from cifar_lightning.memory import retain_freed_memory  # noqa: E402
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "augment"
@@ -41,8 +41,8 @@ def load_images(args: argparse.Namespace) -> torch.Tensor:
     if args.data_root:
         from cifar_lightning.data import sources
 
-        sources.prepare(args.data_root, allow_download=False)
-        x = sources.load(args.data_root).train_x
+        sources.prepare_cache(args.data_root, allow_download=False)
+        x = sources.load_splits(args.data_root).train_x
         reps = -(-args.images // len(x))  # repeat a small cache up to --images
         return x.repeat(reps, 1, 1, 1)[: args.images].contiguous()
     g = torch.Generator().manual_seed(0)

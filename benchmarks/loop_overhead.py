@@ -43,8 +43,8 @@ from omegaconf import DictConfig, OmegaConf
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere
 
 from benchmarks.common import compose_recipe, machine, save  # noqa: E402
-from cifar_lightning.augment import AugmentPreset  # noqa: E402
-from cifar_lightning.data.device import BatchAugment, DeviceBatches, normalize  # noqa: E402
+from cifar_lightning.data import BatchAugment, DeviceBatches, normalize  # noqa: E402
+from cifar_lightning.data.augment import AugmentPreset  # noqa: E402
 from cifar_lightning.memory import retain_freed_memory  # noqa: E402
 from cifar_lightning.module import Classifier  # noqa: E402
 
@@ -55,8 +55,8 @@ def load_data(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor]:
     if args.data_root:
         from cifar_lightning.data import sources
 
-        sources.prepare(args.data_root, allow_download=False)
-        splits = sources.load(args.data_root)
+        sources.prepare_cache(args.data_root, allow_download=False)
+        splits = sources.load_splits(args.data_root)
         return splits.train_x[: args.images].contiguous(), splits.train_y[: args.images].clone()
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (args.images, 3, 32, 32), dtype=torch.uint8, generator=g)
@@ -190,12 +190,12 @@ def run_plain(s: Setup) -> tuple[float, Classifier]:
     if not bool(net.whitened):
         net.init_whitening(s.whitening.to(s.device))
     # configure_optimizers: the same parameter groups, optimizer and schedule length.
-    optimizer = module.make_optimizer(module._param_groups())
+    optimizer = module.build_optimizer()
     scheduler = None
     if module.make_scheduler is not None:
         scheduler = module.make_scheduler(optimizer, total)["scheduler"]
     net.train()
-    net.set_epoch(0)  # on_train_epoch_start
+    net.on_train_epoch_start(0)  # Classifier.on_train_epoch_start
     batches.set_epoch(0)
     loss_sum = torch.zeros((), device=s.device)  # what self.log("train/loss", on_epoch) sums
     for x, y in itertools.islice(batches, total):

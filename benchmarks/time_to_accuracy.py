@@ -54,10 +54,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 
 from benchmarks.common import compose_recipe, machine, save  # noqa: E402
 from cifar_lightning.data import CIFAR10DataModule  # noqa: E402
-from cifar_lightning.ema import tta_logits  # noqa: E402
 from cifar_lightning.memory import retain_freed_memory  # noqa: E402
 from cifar_lightning.module import Classifier  # noqa: E402
 from cifar_lightning.pipeline import build  # noqa: E402
+from cifar_lightning.tta import tta_logits  # noqa: E402
 
 
 def sync() -> None:
@@ -210,7 +210,7 @@ def run(args: argparse.Namespace, overrides: list[str], report: bool = True) -> 
     cfg = compose_recipe(args.experiment, overrides)
     retained = bool(cfg.retain_cpu_memory) and retain_freed_memory()  # as pipeline.train does
     seed = L.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule, module = build(cfg)
+    datamodule, module = build(cfg, seed)
     assert isinstance(datamodule, CIFAR10DataModule)
 
     start = time.perf_counter()

@@ -1,4 +1,4 @@
-"""Loading checkpoints safely: weights-only unpickling and strict key matching."""
+"""Checkpoints: atomic writes, safe loading (weights-only, strict keys), ckpt_path=last lookup."""
 
 from __future__ import annotations
 
@@ -18,7 +18,14 @@ from cifar_lightning.results import read_overrides
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning's checkpoint writer, through a temporary file and a rename: a run killed while
-    saving leaves the previous checkpoint intact instead of a truncated one."""
+    saving leaves the previous checkpoint intact instead of a truncated one.
+
+    Kept although Lightning 2.6's own TorchCheckpointIO (lightning_fabric _atomic_save) writes
+    through fsspec's transaction: fsspec puts its temporary file in $TMPDIR, not beside the
+    checkpoint, and when that is another filesystem (a tmpfs /tmp, a network or scratch run
+    folder) shutil.move falls back to copying onto the checkpoint in place, so a kill during the
+    copy truncates it (tests/test_faults.py); nor is the file fsync'ed before it replaces the
+    old one. Ours writes a sibling temporary file, fsyncs it, and renames it over the old one."""
 
     def save_checkpoint(self, checkpoint: dict, path: Any, storage_options: Any = None) -> None:
         atomic_write(path, lambda f: torch.save(checkpoint, f))

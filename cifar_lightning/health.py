@@ -31,19 +31,6 @@ def _hashes(x: Tensor) -> set[bytes]:
     return {hashlib.blake2b(img.tobytes(), digest_size=16).digest() for img in x.cpu().numpy()}
 
 
-def _transform_is_random(dataset: Any) -> bool:
-    """Apply the dataset's transform twice to one image under different RNG states."""
-    transform = getattr(dataset, "transform", None)
-    if transform is None or len(dataset) == 0:
-        return False
-    with torch.random.fork_rng(devices=[]):  # never disturb the run's own random stream
-        outs = []
-        for seed in range(4):
-            torch.manual_seed(seed)
-            outs.append(transform(dataset.x[0]))
-    return any(not torch.equal(outs[0], o) for o in outs[1:])
-
-
 class HealthCheck(L.Callback):
     def __init__(
         self,
@@ -91,7 +78,7 @@ class HealthCheck(L.Callback):
         sets = {name: getattr(dm, f"{name}_set", None) for name in ("train", "val", "test")}
         sets = {k: v for k, v in sets.items() if v is not None and len(v) > 0}
         for name in stages:
-            if name != "train" and name in sets and _transform_is_random(sets[name]):
+            if name != "train" and name in sets and dm.eval_is_random(name):
                 self.report("random_eval_transform", name,
                             f"the {name} transform is random: every evaluation differs and "
                             f"accuracy drops (the seed's test set got the training "

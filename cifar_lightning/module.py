@@ -15,10 +15,15 @@ from torchmetrics.classification import (
 )
 
 from cifar_lightning import DISPLAY_NAMES
-from cifar_lightning.ema import tta_logits
+from cifar_lightning.models.network import Network, default_param_groups
+from cifar_lightning.optim import EpochAware
+from cifar_lightning.tta import tta_logits
 
 
 class Classifier(L.LightningModule):
+    """Trains `net` through its Network hooks (cifar_lightning/models/network.py); a plain
+    nn.Module gets the hooks' defaults."""
+
     def __init__(
         self,
         net: nn.Module,
@@ -30,7 +35,6 @@ class Classifier(L.LightningModule):
         tta_level: int = 0,
         channels_last: bool = False,
         compile: bool = False,
-        norm_bias_lr_scale: float = 1.0,
         train_resolution: Sequence[int] | None = None,
     ) -> None:
         """train_resolution: the side length of the training inputs in each epoch (progressive
@@ -57,9 +61,8 @@ class Classifier(L.LightningModule):
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_class_acc = MulticlassAccuracy(num_classes, average=None)
         self.test_confmat = MulticlassConfusionMatrix(num_classes)
-        self.tta_level = tta_level  # test-time augmentation in test_step (0: off; see ema.py)
+        self.tta_level = tta_level  # test-time augmentation in test_step (0: off; see tta.py)
         self.channels_last = channels_last
-        self.norm_bias_lr_scale = norm_bias_lr_scale  # airbench: BN biases learn 64x faster
         self.train_resolution = train_resolution
         if self.train_resolution and min(self.train_resolution) < 8:
             raise ValueError(f"module.train_resolution: sizes must be >= 8, got {train_resolution}")
@@ -88,22 +91,20 @@ class Classifier(L.LightningModule):
         return x, y
 
     def on_fit_start(self) -> None:
-        # fastnet's first layer is set from the training images' patch statistics, once (a
-        # resumed run restores it from the checkpoint).
-        init = getattr(self.net, "init_whitening", None)
-        if init is not None and not bool(self.net.whitened):
-            init(self.trainer.datamodule.whitening_images(5000).to(self.device))
+        # A data-dependent init (fastnet's whitening layer, from the training images' patch
+        # statistics), once: a network restored from a checkpoint asks for no images.
+        n = self.net.data_init_size if isinstance(self.net, Network) else 0
+        if n:
+            self.net.init_from_data(self.trainer.datamodule.whitening_images(n).to(self.device))
 
     def on_train_epoch_start(self) -> None:
         # Networks and optimizers that change with the epoch (fastnet's whitening bias,
         # adam_to_sgd) get told which one starts.
-        set_epoch = getattr(self.net, "set_epoch", None)
-        if set_epoch is not None:
-            set_epoch(self.current_epoch)
+        if isinstance(self.net, Network):
+            self.net.on_train_epoch_start(self.current_epoch)
         for opt in self._raw_optimizers():
-            hook = getattr(opt, "on_train_epoch_start", None)
-            if hook is not None:
-                hook(self.current_epoch)
+            if isinstance(opt, EpochAware):
+                opt.on_train_epoch_start(self.current_epoch)
 
     def _raw_optimizers(self) -> list[torch.optim.Optimizer]:
         opts = self.optimizers(use_pl_optimizer=False)
@@ -163,29 +164,32 @@ class Classifier(L.LightningModule):
         self.test_confmat.reset()
 
     def configure_optimizers(self) -> Any:
-        optimizer = self.make_optimizer(self._param_groups())
-        if self.lr is not None:  # set by the LR finder (tune_lr=true)
-            for group in optimizer.param_groups:
-                group["lr"] = self.lr
+        optimizer = self.build_optimizer()
         if self.make_scheduler is None:
             return optimizer
         total = int(self.trainer.estimated_stepping_batches)
         return {"optimizer": optimizer, "lr_scheduler": self.make_scheduler(optimizer, total)}
 
-    def _param_groups(self) -> list[dict[str, Any]]:
-        params = [(n, p) for n, p in self.net.named_parameters() if p.requires_grad]
-        if self.norm_bias_lr_scale == 1.0:
-            return [{"params": [p for _, p in params]}]
-        # Norm-layer biases at a scaled lr, with weight decay scaled down by the same factor so
-        # that the decay per step (lr * weight_decay) is unchanged (airbench's grouping).
-        opts = getattr(self.make_optimizer, "keywords", {})
-        scale = self.norm_bias_lr_scale
-        biases = [p for n, p in params if "norm" in n and n.endswith("bias")]
-        others = [p for n, p in params if not ("norm" in n and n.endswith("bias"))]
-        group = {"params": biases, "lr": opts["lr"] * scale}
-        if opts.get("weight_decay"):
-            group["weight_decay"] = opts["weight_decay"] / scale
-        return [{"params": others}, group]
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        """The optimizer over the network's parameter groups (Network.param_groups)."""
+        net = self.net
+        groups = net.param_groups() if isinstance(net, Network) else default_param_groups(net)
+        scales = [float(g.get("lr_scale", 1.0)) for g in groups]
+        optimizer = self.make_optimizer([{k: v for k, v in g.items() if k != "lr_scale"}
+                                         for g in groups])  # fmt: skip
+        for group, scale in zip(optimizer.param_groups, scales, strict=True):
+            if scale != 1.0:
+                # The decay per step (lr * weight_decay) stays the optimizer's (airbench's
+                # grouping: its BN biases learn 64x faster with 1/64 of the weight decay).
+                group["lr"] *= scale
+                if group.get("weight_decay"):
+                    group["weight_decay"] /= scale
+        if self.lr is not None:
+            # The LR finder's suggestion (tune_lr=true) replaces every group's lr, the scaled
+            # ones' too; their weight_decay stays scaled.
+            for group in optimizer.param_groups:
+                group["lr"] = self.lr
+        return optimizer
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["run_config"] = self.run_config

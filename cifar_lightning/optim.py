@@ -9,6 +9,8 @@ switch unless `sgd_lr` is given: a mis-scaled SGD learning rate is what makes a 
 
 Muon: SGD with Nesterov momentum whose conv-filter updates are orthogonalised (Keller Jordan's
 Muon, as airbench94_muon uses it for CIFAR-10: the same accuracy in about 20 % fewer epochs).
+
+EpochAware: the hook for optimizers that change with the epoch (AdamToSGD's fixed-epoch switch).
 """
 
 from __future__ import annotations
@@ -23,7 +25,15 @@ from torch.optim import Optimizer
 log = logging.getLogger("cifar_lightning")
 
 
-class AdamToSGD(Optimizer):
+class EpochAware:
+    """An optimizer that changes with the epoch: the LightningModule calls
+    on_train_epoch_start(epoch) (0-based) at the start of every training epoch."""
+
+    def on_train_epoch_start(self, epoch: int) -> None:
+        """The epoch that starts; nothing changes by default."""
+
+
+class AdamToSGD(Optimizer, EpochAware):
     def __init__(
         self,
         params: Iterable,
@@ -52,7 +62,7 @@ class AdamToSGD(Optimizer):
         return self.param_groups[0]["phase"]
 
     def on_train_epoch_start(self, epoch: int) -> None:
-        """Called by the LightningModule at each epoch start: the fixed-epoch switch."""
+        """The fixed-epoch switch (EpochAware's hook)."""
         if self.switch == "epoch" and epoch >= self.switch_epoch:
             for group in self.param_groups:
                 self._to_sgd(group, epoch=epoch)
@@ -176,6 +186,14 @@ def orthogonalize(g: torch.Tensor, steps: int = 3, eps: float = 1e-7) -> torch.T
 
 class Muon(Optimizer):
     """Conv filters (4-D parameters) take Muon steps, everything else SGD steps.
+
+    The project keeps its own rather than torch.optim.Muon, which takes 2-D parameters only:
+    this one orthogonalises 4-D conv filters (as out x in*kh*kw matrices), renormalises each
+    filter before its step as airbench94_muon does, and takes SGD steps for all other
+    parameters in the same optimizer (so one scheduler drives both). Where the two coincide
+    (tests/test_muon.py) the steps agree to bf16 accuracy: our momentum buffer is torch's times
+    1 / (1 - momentum), which the orthogonalisation's normalisation cancels; torch also scales a
+    tall matrix's step by sqrt(rows / cols) and decays the weights, ours does neither.
 
     A filter's step: Nesterov momentum `filter_momentum` on its gradient, the result reshaped to
     (out_channels, in_channels * kh * kw) and orthogonalised, times `filter_lr`. Before each step

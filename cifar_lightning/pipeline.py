@@ -18,6 +18,7 @@ from cifar_lightning import checkpoint, memory, results
 from cifar_lightning.data import CIFAR10DataModule
 from cifar_lightning.errors import UserError
 from cifar_lightning.module import Classifier
+from cifar_lightning.report.console import print_report
 
 log = logging.getLogger("cifar_lightning")
 
@@ -29,9 +30,11 @@ def output_dir() -> Path:
     return Path(HydraConfig.get().runtime.output_dir)
 
 
-def build(cfg: DictConfig) -> tuple[CIFAR10DataModule, Classifier]:
-    """The datamodule and the LightningModule of a (train-time) config."""
-    datamodule = instantiate(cfg.data, augment=OmegaConf.to_container(cfg.augment))
+def build(cfg: DictConfig, seed: int) -> tuple[CIFAR10DataModule, Classifier]:
+    """The datamodule and the LightningModule of a (train-time) config; `seed` is the run's
+    (what L.seed_everything returned). Call after seeding: the datamodule, then the module, in
+    this order, so that the network's initial weights are the same draw in every run."""
+    datamodule = instantiate(cfg.data, augment=OmegaConf.to_container(cfg.augment), seed=seed)
     module = instantiate(
         cfg.module,
         net=instantiate(cfg.model),
@@ -65,7 +68,7 @@ def run_test(trainer: L.Trainer, module: Classifier, datamodule: CIFAR10DataModu
     [metrics] = trainer.test(module, datamodule=datamodule, verbose=False)
     report = module.test_report
     if trainer.is_global_zero:
-        results.print_report(metrics["test/acc"], report["per_class_acc"])
+        print_report(metrics["test/acc"], report["per_class_acc"])
     return {"test_acc": metrics["test/acc"], "test_loss": metrics["test/loss"], **report}
 
 
@@ -102,7 +105,7 @@ def train(cfg: DictConfig) -> float | None:
     if cfg.retain_cpu_memory and not memory.retain_freed_memory():
         log.info("retain_cpu_memory: not glibc, left to the C library's allocator")
     seed = L.seed_everything(cfg.seed, workers=True)
-    datamodule, module = build(cfg)
+    datamodule, module = build(cfg, seed)
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
 
     ckpt_path = resume_path(cfg, out)
@@ -172,7 +175,9 @@ def evaluate(cfg: DictConfig) -> float:
         )
     if cfg.data_root is not None:
         run_cfg.data.root = cfg.data_root
-    datamodule, module = build(run_cfg)
+    # The training run's seed (a drawn one, seed=null, is not in its config: the test set does
+    # not depend on it).
+    datamodule, module = build(run_cfg, run_cfg.get("seed") or 0)
     checkpoint.restore_weights(module, ckpt, cfg.ckpt_path)
     best_val = None
     for state in ckpt.get("callbacks", {}).values():

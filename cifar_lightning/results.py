@@ -1,9 +1,12 @@
-"""What a run leaves behind: results.json, the seed-style console report, the confusion matrix."""
+"""What a run leaves behind: results.json and the confusion matrix; reading its overrides.
+
+The console report of a test (`Total Accuracy`) is cifar_lightning/report/console.py.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +22,6 @@ RESULTS_NAME = "results.json"
 def read_overrides(run_dir: Path) -> list[str]:
     """A run's command-line overrides, as Hydra saved them in .hydra/overrides.yaml."""
     return yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text()) or []
-
-
-def print_report(test_acc: float, per_class_acc: Mapping[str, float]) -> None:
-    """The seed's report, in percent: `Total Accuracy` and one line per class."""
-    log.info("Total Accuracy: %.2f %%", 100 * test_acc)
-    for name, acc in per_class_acc.items():
-        log.info("Accuracy for class %s is: %.1f %%", name, 100 * acc)
 
 
 def plot_confusion(matrix: Sequence[Sequence[int]], names: Sequence[str], path: Path) -> None:

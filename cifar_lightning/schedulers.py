@@ -22,6 +22,26 @@ def cosine(optimizer: Optimizer, total_steps: int, eta_min: float = 0.0) -> dict
     return {"scheduler": sched, "interval": "step"}
 
 
+class _LinearDecay:
+    """lr factor: 1 at step 0, falling linearly to 0 at `total_steps`, then 0. A callable object,
+    as _Triangle, so that LambdaLR keeps its state (the schedule's length) in checkpoints."""
+
+    def __init__(self, total_steps: int) -> None:
+        self.total = total_steps
+
+    def __call__(self, step: int) -> float:
+        # The float ops of _Triangle(start=1, peak=0, end=0), which computes
+        # 1 + (0 - 1) * min(1, (t - 0) / (1 - 0)): the same values, bit for bit.
+        return 1.0 - min(1.0, step / max(1, self.total))
+
+
+def linear(optimizer: Optimizer, total_steps: int) -> dict:
+    """Linear decay from the optimizer's lr to zero at the last step, no warm-up
+    (airbench94_muon's schedule)."""
+    sched = LambdaLR(optimizer, _LinearDecay(total_steps))
+    return {"scheduler": sched, "interval": "step"}
+
+
 class _Triangle:
     """lr factor: linear from `start` to 1 at `peak` (a fraction of the run), then to `end`."""
 

@@ -7,10 +7,14 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
+from torch import nn
 
-from cifar_lightning.augment import AugmentPreset, train_transform
+from cifar_lightning.data.augment import AugmentPreset, train_transform
+from cifar_lightning.models.network import Network
+from cifar_lightning.schedulers import _LinearDecay, _Triangle
 from tests.conftest import REPO, run_cli
 
 CONF = REPO / "conf"
@@ -48,7 +52,28 @@ def test_defaults():
 @pytest.mark.parametrize("option", options("model"))
 def test_model_options(option):
     net = instantiate(compose_train(f"model={option}").model)
+    assert isinstance(net, Network)  # the hooks the LightningModule drives it through
     assert net(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_norm_bias_lr_scale_is_a_fastnet_option_only():
+    assert compose_train("model=fastnet", "model.norm_bias_lr_scale=64").model.norm_bias_lr_scale
+    with pytest.raises(ConfigCompositionException, match="norm_bias_lr_scale"):
+        compose_train("model=seed_cnn", "model.norm_bias_lr_scale=64")
+
+
+def test_resnet18_is_torchvisions_with_the_cifar_stem():
+    from torchvision.models import resnet18
+
+    torch.manual_seed(0)
+    ours = instantiate(compose_train("model=resnet18").model).state_dict()
+    torch.manual_seed(0)
+    reference = resnet18(num_classes=10)  # what the model config built before it was a Network
+    reference.conv1 = nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False)
+    reference.maxpool = nn.Identity()
+    expected = reference.state_dict()
+    assert list(ours) == list(expected)  # checkpoints keep their keys
+    assert all(torch.equal(ours[k], expected[k]) for k in expected)  # the same initial draw
 
 
 @pytest.mark.parametrize("option", options("optimizer"))
@@ -69,6 +94,15 @@ def test_scheduler_options(option):
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(3))], lr=0.1)
     sched = factory(opt, 100)
     assert sched["interval"] == "step"
+
+
+@pytest.mark.parametrize("total", [0, 1, 7, 225, 475])
+def test_linear_schedule_is_the_triangle_with_start_1_peak_0_end_0_bit_for_bit(total):
+    # fast_cpu's schedule was scheduler=triangle with these values: its learning rates must not
+    # change by a single bit.
+    triangle, linear = _Triangle(total, 1.0, 0.0, 0.0), _LinearDecay(total)
+    assert [linear(s) for s in range(total + 3)] == [triangle(s) for s in range(total + 3)]
+    assert linear(0) == 1.0 and linear(max(total, 1)) == 0.0
 
 
 @pytest.mark.parametrize("option", options("augment"))
@@ -119,6 +153,18 @@ def test_callbacks_default():
     cfg = compose_train()
     assert cfg.callbacks.model_checkpoint.monitor == "val/acc"
     assert cfg.callbacks.last_checkpoint.every_n_train_steps > 0
+
+
+@pytest.mark.parametrize("experiment", options("experiment"))
+def test_experiments_compose_and_their_pieces_instantiate(experiment):
+    cfg = compose_train(f"experiment={experiment}")
+    assert isinstance(instantiate(cfg.model), Network)
+    if experiment != "optimizer_study":  # its lr is picked by the sweep's optimizer name
+        opt = instantiate(cfg.optimizer)([nn.Parameter(torch.zeros(3))])
+        if cfg.scheduler is not None:
+            instantiate(cfg.scheduler)(opt, 100)
+    if (cfg.callbacks or {}).get("lookahead") is not None:
+        instantiate(cfg.callbacks.lookahead)
 
 
 def test_seed_reproduction_experiment():

@@ -12,6 +12,8 @@ from PIL import Image
 
 from cifar_lightning import CLASSES
 from cifar_lightning.data import CIFAR10DataModule, sources
+from cifar_lightning.data.datamodule import EpochSampler
+from cifar_lightning.data.order import EpochOrder, derive_seed
 from cifar_lightning.errors import DataError
 from tests.conftest import run_cli
 from tests.synthetic import make_images, write_folder_layout
@@ -30,7 +32,7 @@ def datamodule(root: Path, **kw) -> CIFAR10DataModule:
 def test_both_layouts_decode_to_the_same_images(folder_root, torchvision_root):
     a = datamodule(folder_root)
     b = datamodule(torchvision_root)
-    sa, sb = sources.load(folder_root), sources.load(torchvision_root)
+    sa, sb = sources.load_splits(folder_root), sources.load_splits(torchvision_root)
     assert sa.source == "folder" and sb.source == "torchvision"
     assert sa.train_x.shape == (400, 3, 32, 32) and sa.test_x.shape == (100, 3, 32, 32)
     assert sa.train_x.dtype == torch.uint8
@@ -45,21 +47,21 @@ def test_both_layouts_decode_to_the_same_images(folder_root, torchvision_root):
 
 def test_cache_is_reused_without_the_source(tmp_path):
     root = write_folder_layout(tmp_path / "d", n_train=4, n_test=2)
-    cache = sources.prepare(root, allow_download=False)
+    cache = sources.prepare_cache(root, allow_download=False)
     before = cache.stat().st_mtime_ns
     shutil.rmtree(root / "train")  # the cache alone is enough from now on
-    assert sources.prepare(root, allow_download=False) == cache
+    assert sources.prepare_cache(root, allow_download=False) == cache
     assert cache.stat().st_mtime_ns == before
-    assert len(sources.load(root).train_y) == 40
+    assert len(sources.load_splits(root).train_y) == 40
     assert not list(root.glob(".*.tmp")), "no temporary file left behind"
 
 
 def test_damaged_cache_is_reported(tmp_path):
     root = write_folder_layout(tmp_path / "d", n_train=2, n_test=1)
-    cache = sources.prepare(root, allow_download=False)
+    cache = sources.prepare_cache(root, allow_download=False)
     cache.write_bytes(cache.read_bytes()[:1000])
     with pytest.raises(DataError, match="unusable.*Delete it"):
-        sources.load(root)
+        sources.load_splits(root)
 
 
 def test_val_and_test_are_disjoint_from_training(folder_root):
@@ -70,7 +72,7 @@ def test_val_and_test_are_disjoint_from_training(folder_root):
     torch.manual_seed(123)
     assert torch.equal(datamodule(folder_root).val_index, dm.val_index)
     # The test split is its own data: no training image is a test image.
-    splits = sources.load(folder_root)
+    splits = sources.load_splits(folder_root)
     train_bytes = {bytes(x) for x in splits.train_x[dm.train_index].numpy()}
     assert not train_bytes & {bytes(x) for x in splits.test_x.numpy()}
 
@@ -92,16 +94,81 @@ def test_eval_transforms_are_deterministic_and_train_transforms_random(folder_ro
     assert torch.equal(dm.train_set[3 + n][0], draws[1])
 
 
-def test_epoch_sampler_orders_and_shards(folder_root):
-    from cifar_lightning.data.datamodule import EpochSampler
+def sampler(n: int, seed: int, rank: int = 0, world_size: int = 1) -> EpochSampler:
+    return EpochSampler(EpochOrder(n, shuffle=True, seed=seed, rank=rank, world_size=world_size))
 
-    a, b = EpochSampler(10, seed=0), EpochSampler(10, seed=0)
+
+def test_epoch_sampler_orders_and_shards(folder_root):
+    a, b = sampler(10, seed=0), sampler(10, seed=0)
     assert list(a) == list(b) and sorted(x % 10 for x in a) == list(range(10))
     b.set_epoch(1)
     assert list(a) != list(b) and all(10 <= x < 20 for x in b)
-    ranks = [EpochSampler(11, seed=0, rank=r, world_size=2) for r in (0, 1)]
+    ranks = [sampler(11, seed=0, rank=r, world_size=2) for r in (0, 1)]
     shares = [set(s) for s in ranks]
     assert len(shares[0]) == len(shares[1]) == len(ranks[0]) == 5 and not shares[0] & shares[1]
+
+
+@pytest.mark.parametrize("n", [1, 7, 8, 11, 350])
+def test_both_former_shardings_are_epoch_orders(n):
+    # The DataLoader path used to shard randperm(n)[rank : len * world][::world], the device
+    # path perm[rank::world][: n // world]: the same indices, now EpochOrder's for both.
+    for world in (1, 2, 3, 4):
+        for rank in range(world):
+            order = EpochOrder(n, shuffle=True, seed=5, rank=rank, world_size=world)
+            for epoch in (0, 3):
+                perm = torch.randperm(
+                    n, generator=torch.Generator().manual_seed(derive_seed(5, epoch))
+                )
+                size = n // world
+                assert torch.equal(perm[rank : size * world][::world], order.indices(epoch))
+                assert torch.equal(perm[rank::world][:size], order.indices(epoch))
+
+
+def test_dataloader_resumes_with_the_next_batch(folder_root):
+    dm = datamodule(folder_root, seed=3)
+    original = dm.train_dataloader()
+    original.sampler.set_epoch(1)
+    it = iter(original)
+    for _ in range(3):
+        next(it)
+    state = original.state_dict()
+    assert state == {"epoch": 1, "position": 3}
+    fourth = next(it)
+    resumed = dm.train_dataloader()
+    resumed.load_state_dict(state)
+    resumed.sampler.set_epoch(1)  # what Lightning calls after restoring: keeps the position
+    batch = next(iter(resumed))
+    assert torch.equal(batch[0], fourth[0]) and torch.equal(batch[1], fourth[1])
+    # A checkpoint of the resumed pass counts from the epoch's start, not from the resume.
+    assert resumed.state_dict() == {"epoch": 1, "position": 4}
+    list(it)  # the end of an epoch is the start of the next
+    assert original.state_dict() == {"epoch": 2, "position": 0}
+
+
+def test_both_loaders_take_the_seed_argument(folder_root):
+    # The run's seed reaches the data as an argument: it picks the order on both paths.
+    def labels(loader: str, seed: int) -> list[int]:
+        dm = datamodule(folder_root, loader=loader, seed=seed)
+        batches = dm.train_dataloader()
+        return torch.cat([y for _, y in batches]).tolist()
+
+    for loader in ("torch", "device"):
+        assert labels(loader, 0) == labels(loader, 0) != labels(loader, 1)
+    dm = datamodule(folder_root, loader="device", seed=1)
+    batches = dm.device_batches("train", train=True)
+    assert len(batches) == 350 // 16 and batches.augment is not None
+    assert dm.device_batches("test", train=False).augment is None
+
+
+def test_eval_is_random_asks_the_path_that_evaluates(folder_root):
+    from cifar_lightning.data.augment import AugmentPreset, train_transform
+
+    torch_dm, device_dm = datamodule(folder_root), datamodule(folder_root, loader="device")
+    assert not torch_dm.eval_is_random("test") and not device_dm.eval_is_random("test")
+    random_tf = train_transform(AugmentPreset(crop_padding=4, flip=True))
+    torch_dm.test_set.transform = device_dm.test_set.transform = random_tf
+    assert torch_dm.eval_is_random("test")
+    assert not device_dm.eval_is_random("test")  # normalisation only, whatever the dataset has
 
 
 def test_loaders_batch_shapes(folder_root):
@@ -117,7 +184,7 @@ def test_loaders_batch_shapes(folder_root):
 
 def test_absent_data_names_both_layouts_and_the_override(tmp_path):
     with pytest.raises(DataError) as err:
-        sources.prepare(tmp_path / "empty", allow_download=False)
+        sources.prepare_cache(tmp_path / "empty", allow_download=False)
     msg = str(err.value)
     assert "cifar-10-batches-py" in msg and "train" in msg and "data.root=" in msg
     assert str(tmp_path / "empty") in msg
@@ -128,7 +195,7 @@ def test_corrupt_image_is_named(tmp_path):
     bad = root / "train" / "cat" / "00061.png"
     bad.write_bytes(b"not a png")
     with pytest.raises(DataError, match=f"cannot read image {bad}"):
-        sources.prepare(root, allow_download=False)
+        sources.prepare_cache(root, allow_download=False)
     assert not (root / sources.CACHE_NAME).exists()
 
 
@@ -137,21 +204,21 @@ def test_wrong_image_size_is_named(tmp_path):
     bad = root / "test" / "dog" / "big.png"
     Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(bad)
     with pytest.raises(DataError, match=f"image {bad} is 40x40.*32x32"):
-        sources.prepare(root, allow_download=False)
+        sources.prepare_cache(root, allow_download=False)
 
 
 def test_unknown_class_folder(tmp_path):
     root = write_folder_layout(tmp_path / "d", n_train=2, n_test=1)
     (root / "train" / "cat").rename(root / "train" / "kitten")
     with pytest.raises(DataError, match="unknown class folder.*kitten.*airplane"):
-        sources.prepare(root, allow_download=False)
+        sources.prepare_cache(root, allow_download=False)
 
 
 def test_missing_class_folder(tmp_path):
     root = write_folder_layout(tmp_path / "d", n_train=2, n_test=1)
     shutil.rmtree(root / "test" / "frog")
     with pytest.raises(DataError, match="missing class folder.*frog"):
-        sources.prepare(root, allow_download=False)
+        sources.prepare_cache(root, allow_download=False)
 
 
 def test_empty_split(tmp_path):
@@ -160,7 +227,7 @@ def test_empty_split(tmp_path):
         (root / "train" / c).mkdir(parents=True)
         (root / "test" / c).mkdir(parents=True)
     with pytest.raises(DataError, match="no images.*train.*empty"):
-        sources.prepare(root, allow_download=False)
+        sources.prepare_cache(root, allow_download=False)
 
 
 def test_val_size_too_large(folder_root):
@@ -170,7 +237,7 @@ def test_val_size_too_large(folder_root):
 
 def test_jpeg_folders_are_read(tmp_path):
     root = write_folder_layout(tmp_path / "d", n_train=2, n_test=1, fmt="jpg")
-    splits = sources.load(Path(sources.prepare(root, allow_download=False)).parent)
+    splits = sources.load_splits(Path(sources.prepare_cache(root, allow_download=False)).parent)
     x, _ = make_images(2, 0)
     # Lossy: the noise texture suffers, but each image keeps its colour (and its label).
     got = splits.train_x.float().mean(dim=(2, 3))

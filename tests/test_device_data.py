@@ -14,9 +14,11 @@ from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from cifar_lightning.augment import AugmentPreset, eval_transform, train_transform
+from cifar_lightning.data.augment import AugmentPreset, eval_transform, train_transform
+from cifar_lightning.data.batch_augment import BatchAugment, normalize
 from cifar_lightning.data.datamodule import ImageTensorDataset
-from cifar_lightning.data.device import BatchAugment, DeviceBatches, _sampling_grid, normalize
+from cifar_lightning.data.device_loader import DeviceBatches
+from cifar_lightning.data.warp import interval_mask, row_intervals, sampling_grid
 from tests.synthetic import make_images
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "augment"
@@ -52,6 +54,33 @@ def structured(n_per_class: int) -> torch.Tensor:
 def collect(batches) -> tuple[torch.Tensor, torch.Tensor]:
     xs, ys = zip(*batches, strict=True)
     return torch.cat(xs), torch.cat(ys)
+
+
+def augment(aug: BatchAugment, x: torch.Tensor, seed: int, epoch: int) -> torch.Tensor:
+    """The whole batch x augmented (image ids = positions in x)."""
+    return aug.gather(x, torch.arange(len(x)), seed, epoch)
+
+
+def reference(
+    aug: BatchAugment, source: torch.Tensor, index: torch.Tensor, seed: int, epoch: int
+) -> torch.Tensor:
+    """What gather must return, the plain way: draw the parameters as gather does, gather the
+    batch, then pad, crop and flip each image with ordinary slicing (presets without warps) or
+    apply() the warp; the colour jitter and normalisation are BatchAugment's own."""
+    x = source[index]
+    params = aug.sample(len(index), torch.Generator().manual_seed(seed), torch.device("cpu"))
+    if aug.alternating_flip and aug.preset.flip:
+        params["flip"] = aug.fixed_half(index) ^ bool(epoch % 2)
+    if aug.warps:
+        return aug.apply(x, params)
+    pad = aug.preset.crop_padding
+    padded = torch.nn.functional.pad(x, [pad] * 4)
+    out = []
+    for i in range(len(x)):
+        top, left = int(params["top"][i]) if pad else 0, int(params["left"][i]) if pad else 0
+        img = padded[i, :, top : top + 32, left : left + 32]
+        out.append(img.flip(-1) if "flip" in params and params["flip"][i] else img)
+    return aug._unwarped(torch.stack(out), params)
 
 
 # --- the DataLoader contract ----------------------------------------------------------------
@@ -102,16 +131,16 @@ def test_evaluation_batches_are_never_augmented():
 @pytest.mark.parametrize("name, distinct", [("standard", 40), ("seed", 64)])
 def test_each_image_gets_its_own_parameters(name, distinct):
     x = images(1).expand(64, 3, 32, 32).contiguous()  # one image, 64 times
-    out = BatchAugment(preset(name))(x, seed=0, epoch=0)
+    out = augment(BatchAugment(preset(name)), x, seed=0, epoch=0)
     assert len({o.numpy().round(4).tobytes() for o in out}) >= distinct
 
 
 def test_batches_are_deterministic_and_leave_the_global_rng_alone():
     aug, x = BatchAugment(preset("seed")), images(32)
     state = torch.get_rng_state()
-    a, b = aug(x, seed=5, epoch=0), aug(x, seed=5, epoch=0)
+    a, b = augment(aug, x, seed=5, epoch=0), augment(aug, x, seed=5, epoch=0)
     assert torch.equal(torch.get_rng_state(), state)
-    assert torch.equal(a, b) and not torch.equal(a, aug(x, seed=6, epoch=0))
+    assert torch.equal(a, b) and not torch.equal(a, augment(aug, x, seed=6, epoch=0))
 
     def epoch(seed: int, e: int) -> tuple[torch.Tensor, torch.Tensor]:
         d = DeviceBatches(x, torch.arange(32), 8, shuffle=True, augment=aug, seed=seed)
@@ -130,7 +159,7 @@ def test_batches_are_deterministic_and_leave_the_global_rng_alone():
 )  # fmt: skip
 def test_gather_equals_augmenting_the_gathered_batch(name, alternating):
     # gather reads crops from a padded copy of the whole source instead of the batch: the
-    # numbers must be those of the batch path, image for image.
+    # numbers must be those of a plain crop and flip of the batch, image for image.
     presets = {
         "jitter": AugmentPreset(crop_padding=2, flip=True, color_jitter={"contrast": 0.5}),
         "noflip": AugmentPreset(crop_padding=3),
@@ -140,10 +169,10 @@ def test_gather_equals_augmenting_the_gathered_batch(name, alternating):
     aug = BatchAugment(p, alternating_flip=alternating, flip_seed=3)
     source = images(100)
     for epoch, index in enumerate([torch.randperm(100)[:40], torch.arange(99, 59, -1)]):
-        want = aug(source[index], seed=epoch, epoch=epoch, index=index)
+        want = reference(aug, source, index, seed=epoch, epoch=epoch)
         assert torch.equal(aug.gather(source, index, seed=epoch, epoch=epoch), want)
     other = images(100, seed=1)  # a new source gets its own padded copy
-    assert torch.equal(aug.gather(other, index, 0, 0), aug(other[index], 0, 0, index))
+    assert torch.equal(aug.gather(other, index, 0, 0), reference(aug, other, index, 0, 0))
 
 
 # --- the same transforms as torchvision -----------------------------------------------------
@@ -177,24 +206,29 @@ def test_fixed_parameters_reproduce_torchvision_functional():
     )
     interior_close(ours, lambda t: F.rotate(t, 17.0, interpolation=BILINEAR))
 
+    # Crops and flips without a warp: test_gather_crops_and_flips_as_torchvision.
     crop = {"top": torch.tensor([1]), "left": torch.tensor([6]), "flip": torch.tensor([True])}
     expected = F.horizontal_flip(F.crop(F.pad(xf, [4]), 1, 6, 32, 32))
-    gathered = BatchAugment(AugmentPreset(crop_padding=4, flip=True, **RAW)).apply(x, crop)
-    torch.testing.assert_close(gathered, expected, atol=1e-6, rtol=0)
     warped = BatchAugment(AugmentPreset(crop_padding=4, flip=True, rotation=30, **RAW)).apply(
         x, {**crop, "rotation": torch.tensor([0.0])})  # fmt: skip
     torch.testing.assert_close(warped, expected, atol=1e-5, rtol=0)
 
+
+def test_gather_jitters_as_torchvision():
+    # Colour jitter without a warp, image by image against torchvision's functional ops with
+    # the factors and order gather drew (seed 1): every one of the six orders occurs.
     jitter = BatchAugment(AugmentPreset(color_jitter={"brightness": 0.5, "contrast": 0.5,
                                                       "saturation": 0.5}, **RAW))  # fmt: skip
     ops = [F.adjust_brightness, F.adjust_contrast, F.adjust_saturation]
-    factors = [1.3, 0.6, 1.4]
-    for order in itertools.permutations(range(3)):
-        expected = xf
-        for i in order:
-            expected = ops[i](expected, factors[i])
-        ours = jitter.apply(x, {"jitter": torch.tensor([factors]), "order": torch.tensor([order])})
-        torch.testing.assert_close(ours, expected, atol=1e-5, rtol=0)
+    x = images(48)
+    params = jitter.sample(len(x), torch.Generator().manual_seed(1), torch.device("cpu"))
+    assert len({tuple(o) for o in params["order"].tolist()}) == 6
+    ours = augment(jitter, x, seed=1, epoch=0)
+    for i in range(len(x)):
+        expected = x[i].float() / 255
+        for op in params["order"][i].tolist():
+            expected = ops[op](expected, float(params["jitter"][i, op]))
+        torch.testing.assert_close(ours[i], expected, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("padding, flip", [(4, True), (2, False), (0, True)])
@@ -215,12 +249,10 @@ def test_gather_crops_and_flips_as_torchvision(padding, flip):
 
 
 def test_canvas_masks_match_a_per_pixel_check():
-    # _row_intervals + _interval_mask against the definition: output pixel (x, y) is kept iff
+    # row_intervals + interval_mask against the definition: output pixel (x, y) is kept iff
     # back maps it into the canvas -0.5 <= u, v < 31.5.
-    from cifar_lightning.data.device import _interval_mask, _row_intervals
-
     def check(back: torch.Tensor, tolerance: float) -> torch.Tensor:
-        mask = _interval_mask(*_row_intervals(back))[:, 0]
+        mask = interval_mask(*row_intervals(back))[:, 0]
         assert ((mask == 0) | (mask == 1)).all()  # it multiplies images: no nan, nothing else
         mask = mask.bool()
         ys, xs = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
@@ -256,7 +288,7 @@ def test_canvas_masks_match_a_per_pixel_check():
 
 
 def test_sampling_grid_warps_as_kornia_warp_perspective():
-    # The fused warp is grid_sample over _sampling_grid; kornia's warp_perspective, which it
+    # The fused warp is grid_sample over sampling_grid; kornia's warp_perspective, which it
     # replaces for speed, must give the same image for any projective map.
     g = torch.Generator().manual_seed(0)
     x = images(8).float() / 255
@@ -264,7 +296,7 @@ def test_sampling_grid_warps_as_kornia_warp_perspective():
     m[:, :2, 2] = 4 * torch.randn(8, 2, generator=g)  # translations of a few pixels
     m[:, 2, :2] = 2e-3 * torch.randn(8, 2, generator=g)  # mildly projective
     m[:, 2, 2] = 1
-    ours = torch.nn.functional.grid_sample(x, _sampling_grid(m), align_corners=True)
+    ours = torch.nn.functional.grid_sample(x, sampling_grid(m), align_corners=True)
     expected = warp_perspective(x, m, (32, 32), align_corners=True)
     torch.testing.assert_close(ours, expected, atol=1e-4, rtol=0)
 
@@ -356,7 +388,7 @@ def test_augmented_statistics_match_torchvision(name, tol):
         torch.manual_seed(0)
         tf = train_transform(p)
         tv = torch.stack([tf(img) for img in x])
-    ours = BatchAugment(p)(x, seed=0, epoch=0)
+    ours = augment(BatchAugment(p), x, seed=0, epoch=0)
     black = (-torch.tensor(p.mean) / torch.tensor(p.std)).view(1, 3, 1, 1)
 
     def stats(o: torch.Tensor) -> torch.Tensor:
@@ -412,11 +444,12 @@ def test_state_dict_resumes_with_the_next_batch():
 
 def test_alternating_flip_flips_each_image_every_other_epoch():
     p = AugmentPreset(flip=True, **RAW)
-    aug, x = BatchAugment(p, alternating_flip=True, flip_seed=7), images(200)
+    aug, source = BatchAugment(p, alternating_flip=True, flip_seed=7), images(1200)
     index = torch.arange(1000, 1200)  # dataset ids, not batch positions
+    x = source[index]
 
     def flipped(epoch: int) -> torch.Tensor:
-        out = aug(x, seed=epoch, epoch=epoch, index=index)
+        out = aug.gather(source, index, seed=epoch, epoch=epoch)
         return (out == normalize(x.flip(-1), p.mean, p.std)).flatten(1).all(1)
 
     e0, e1 = flipped(0), flipped(1)

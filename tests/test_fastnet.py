@@ -11,9 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cifar_lightning.ema import Lookahead, tta_logits
+from cifar_lightning.lookahead import Lookahead
 from cifar_lightning.models.fastnet import FastNet
 from cifar_lightning.module import Classifier
+from cifar_lightning.tta import tta_logits
 
 # Narrow widths keep the tests fast; the structure is the same as the default (64, 256, 256).
 SMALL = (8, 16, 16)
@@ -103,10 +104,10 @@ def test_whitening_weights_frozen_and_bias_frozen_after_its_epochs():
     net = FastNet(widths=SMALL, whiten_bias_epochs=3)
     assert not net.whiten.weight.requires_grad
     for epoch in range(3):
-        net.set_epoch(epoch)
+        net.on_train_epoch_start(epoch)
         assert net.whiten.bias.requires_grad
     for epoch in (3, 4, 10):
-        net.set_epoch(epoch)
+        net.on_train_epoch_start(epoch)
         assert not net.whiten.bias.requires_grad
 
     # A frozen bias is untouched by an optimizer step, weight decay included.
@@ -125,6 +126,43 @@ def test_batch_norm_has_no_learned_scale():
     for bn in bns:
         assert not bn.weight.requires_grad and torch.equal(bn.weight, torch.ones_like(bn.weight))
         assert bn.bias.requires_grad
+
+
+def test_data_init_asks_for_5000_images_until_whitened():
+    net = FastNet(widths=SMALL)
+    assert net.data_init_size == 5000
+    images = correlated_images(16)
+    net.init_from_data(images)
+    assert net.whitened and net.data_init_size == 0
+    reference = FastNet(widths=SMALL)
+    reference.init_whitening(images)
+    assert torch.equal(net.whiten.weight, reference.whiten.weight)
+    # A network loaded from a checkpoint of a whitened one asks for nothing.
+    loaded = FastNet(widths=SMALL)
+    loaded.load_state_dict(net.state_dict())
+    assert loaded.data_init_size == 0
+
+
+def _by_name(net: nn.Module, params: list) -> list[str]:
+    names = {id(p): n for n, p in net.named_parameters()}
+    return [names[id(p)] for p in params]
+
+
+def test_param_groups_put_the_norm_biases_apart_only_when_scaled():
+    net = FastNet(widths=SMALL)
+    trainable = [n for n, p in net.named_parameters() if p.requires_grad]
+    [group] = net.param_groups()
+    assert group["lr_scale"] == 1.0 and _by_name(net, group["params"]) == trainable
+
+    net = FastNet(widths=SMALL, norm_bias_lr_scale=64.0)
+    others, biases = net.param_groups()
+    assert others["lr_scale"] == 1.0 and biases["lr_scale"] == 64.0
+    # The grouping by name it replaces (and its order): BN biases apart, the whitening bias
+    # with the head and the filters.
+    norm_biases = [n for n in trainable if "norm" in n and n.endswith("bias")]
+    assert _by_name(net, biases["params"]) == norm_biases
+    assert _by_name(net, others["params"]) == [n for n in trainable if n not in norm_biases]
+    assert "whiten.bias" in _by_name(net, others["params"])
 
 
 # --- Lookahead ---------------------------------------------------------------------------------

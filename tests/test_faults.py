@@ -1,19 +1,25 @@
-"""Safe checkpoint loading, atomic files, and clear errors for unwritable outputs."""
+"""Safe checkpoint loading, atomic files and checkpoints, and clear errors for unwritable
+outputs."""
 
 from __future__ import annotations
 
+import errno
+import io
 import multiprocessing as mp
+import os
 import pickle
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from lightning_fabric.plugins import TorchCheckpointIO
 
-from cifar_lightning import checkpoint
+from cifar_lightning import checkpoint, cli
+from cifar_lightning.cli import check_cli
 from cifar_lightning.data import sources
 from cifar_lightning.errors import UserError
 from cifar_lightning.models.seed_cnn import SeedCNN
-from cifar_lightning.preflight import check_cli
 from tests.conftest import run_cli
 from tests.synthetic import write_folder_layout
 
@@ -58,7 +64,7 @@ def test_a_checkpoint_of_another_model_is_an_error_not_an_untrained_model(tmp_pa
 
 
 def _prepare(root: str) -> None:
-    sources.prepare(root, allow_download=False)
+    sources.prepare_cache(root, allow_download=False)
 
 
 def test_two_processes_building_the_same_cache_neither_crash_nor_corrupt(tmp_path):
@@ -70,7 +76,7 @@ def test_two_processes_building_the_same_cache_neither_crash_nor_corrupt(tmp_pat
     for p in procs:
         p.join(120)
     assert [p.exitcode for p in procs] == [0, 0]
-    splits = sources.load(root)
+    splits = sources.load_splits(root)
     assert len(splits.train_y) == 300 and len(splits.test_y) == 50
     assert not list(root.glob(".*.tmp"))
 
@@ -95,13 +101,72 @@ def test_cli_unwritable_output_is_one_clear_error(tmp_path):
 
 
 def test_a_missing_plugin_is_named_with_its_install_command(monkeypatch):
-    from cifar_lightning import preflight
-
-    monkeypatch.setattr(preflight, "_installed", lambda module: False)
+    monkeypatch.setattr(cli, "_installed", lambda module: False)
     with pytest.raises(UserError, match=r"pip install -e '\.\[sweep\]'"):
         check_cli(["-m", "hydra/launcher=joblib"])
     with pytest.raises(UserError, match=r"\.\[slurm\]"):
         check_cli(["-m", "hydra/launcher=slurm"])
+
+
+def _interrupted_torch_save(obj, f, *args, **kwargs) -> None:  # noqa: ANN001
+    """torch.save that dies after writing part of the file (a kill's stand-in)."""
+    buffer = io.BytesIO()
+    _TORCH_SAVE(obj, buffer, *args, **kwargs)
+    f.write(buffer.getvalue()[:1000])
+    raise KeyboardInterrupt("killed mid-write")
+
+
+_TORCH_SAVE = torch.save
+GOOD, NEW = {"state_dict": {"w": torch.zeros(1000)}}, {"state_dict": {"w": torch.ones(1000)}}
+
+
+def test_an_interrupted_checkpoint_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "last.ckpt"
+    checkpoint.AtomicCheckpointIO().save_checkpoint(GOOD, path)
+    monkeypatch.setattr(torch, "save", _interrupted_torch_save)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.AtomicCheckpointIO().save_checkpoint(NEW, path)
+    assert torch.equal(checkpoint.load(path)["state_dict"]["w"], GOOD["state_dict"]["w"])
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary file left
+    # Lightning's own IO survives this one too: it serialises into memory before writing.
+    with pytest.raises(KeyboardInterrupt):
+        TorchCheckpointIO().save_checkpoint(NEW, path)
+    assert torch.equal(checkpoint.load(path)["state_dict"]["w"], GOOD["state_dict"]["w"])
+
+
+def test_lightnings_checkpoint_io_truncates_the_previous_one_across_filesystems(
+    tmp_path, monkeypatch
+):
+    # Why AtomicCheckpointIO stays: Lightning's writer (fsspec's transaction) puts its temporary
+    # file in $TMPDIR and moves it over the checkpoint. When $TMPDIR is another filesystem, the
+    # rename fails with EXDEV and shutil.move copies onto the checkpoint in place: a kill during
+    # that copy leaves a truncated checkpoint. Simulated: rename refuses, the copy dies midway.
+    path = tmp_path / "last.ckpt"
+    TorchCheckpointIO().save_checkpoint(GOOD, path)
+
+    def cross_device(src, dst, *args, **kwargs):  # noqa: ANN001, ANN202
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    def dying_copy(src, dst, *args, **kwargs):  # noqa: ANN001, ANN202
+        with open(src, "rb") as f, open(dst, "wb") as g:
+            g.write(f.read()[:1000])
+        raise KeyboardInterrupt("killed mid-copy")
+
+    monkeypatch.setattr(os, "rename", cross_device)
+    monkeypatch.setattr(shutil, "copyfile", dying_copy)
+    with pytest.raises(KeyboardInterrupt):
+        TorchCheckpointIO().save_checkpoint(NEW, path)
+    assert path.stat().st_size == 1000  # the previous checkpoint is gone
+    with pytest.raises(UserError, match="cannot read checkpoint"):
+        checkpoint.load(path)
+
+    # Ours writes its temporary file beside the checkpoint and never copies.
+    monkeypatch.undo()
+    checkpoint.AtomicCheckpointIO().save_checkpoint(GOOD, path)
+    monkeypatch.setattr(os, "rename", cross_device)
+    monkeypatch.setattr(shutil, "copyfile", dying_copy)
+    checkpoint.AtomicCheckpointIO().save_checkpoint(NEW, path)
+    assert torch.equal(checkpoint.load(path)["state_dict"]["w"], NEW["state_dict"]["w"])
 
 
 def test_damaged_results_never_replace_good_ones(tmp_path):

@@ -10,9 +10,9 @@ import pytorch_lightning as L
 import torch
 from torch import nn
 
-from cifar_lightning.augment import AugmentPreset, train_transform
 from cifar_lightning.checkpoint import AtomicCheckpointIO
 from cifar_lightning.data import CIFAR10DataModule
+from cifar_lightning.data.augment import AugmentPreset, train_transform
 from cifar_lightning.health import HealthCheck, TrainingDiverged
 from cifar_lightning.module import Classifier
 

@@ -1,6 +1,9 @@
-"""Metrics of the LightningModule against independent computations."""
+"""The LightningModule: metrics against independent computations, and the Network and optimizer
+hooks it drives."""
 
 from __future__ import annotations
+
+from functools import partial
 
 import numpy as np
 import pytest
@@ -11,7 +14,10 @@ from torch import nn
 
 from cifar_lightning import DISPLAY_NAMES
 from cifar_lightning.data import CIFAR10DataModule
+from cifar_lightning.models.fastnet import FastNet
+from cifar_lightning.models.network import Network
 from cifar_lightning.module import Classifier
+from cifar_lightning.optim import EpochAware, Muon
 
 
 def test_per_class_accuracy_and_confusion_match_a_direct_count(folder_root, tmp_path):
@@ -87,3 +93,92 @@ def test_hparams_from_hydra_lists_load_weights_only(tmp_path):
     loaded = torch.load(tmp_path / "h.pt", weights_only=True)["hyper_parameters"]
     assert loaded["train_resolution"] == [24, 32]
     assert loaded["class_names"] == list(DISPLAY_NAMES)
+
+
+def _name_based_groups(net: nn.Module, make_optimizer: partial, scale: float) -> list[dict]:
+    """The grouping the Network hook replaced (Classifier._param_groups until the hooks)."""
+    params = [(n, p) for n, p in net.named_parameters() if p.requires_grad]
+    if scale == 1.0:
+        return [{"params": [p for _, p in params]}]
+    opts = make_optimizer.keywords
+    biases = [p for n, p in params if "norm" in n and n.endswith("bias")]
+    others = [p for n, p in params if not ("norm" in n and n.endswith("bias"))]
+    group = {"params": biases, "lr": opts["lr"] * scale}
+    if opts.get("weight_decay"):
+        group["weight_decay"] = opts["weight_decay"] / scale
+    return [{"params": others}, group]
+
+
+# fast94's and fast_cpu's optimizers as Hydra builds them (functools.partial), one without decay.
+OPTIMIZERS = [
+    partial(torch.optim.SGD, lr=1.5, momentum=0.85, nesterov=True, weight_decay=1.33e-3),
+    partial(Muon, lr=1.66, momentum=0.85, nesterov=True, weight_decay=2.4e-3, filter_lr=0.24),
+    partial(torch.optim.SGD, lr=0.3, momentum=0.9, weight_decay=0.0),
+]
+
+
+@pytest.mark.parametrize("scale", [1.0, 64.0, 3.0])
+@pytest.mark.parametrize("make_optimizer", OPTIMIZERS)
+def test_optimizer_from_the_network_groups_equals_the_name_based_one(make_optimizer, scale):
+    net = FastNet(widths=(8, 16, 16), norm_bias_lr_scale=scale)
+    built = Classifier(net, optimizer=make_optimizer).build_optimizer()
+    reference = make_optimizer(_name_based_groups(net, make_optimizer, scale))
+    assert len(built.param_groups) == len(reference.param_groups) == (1 if scale == 1 else 2)
+    for ours, theirs in zip(built.param_groups, reference.param_groups, strict=True):
+        assert ours.keys() == theirs.keys()  # no lr_scale left in the optimizer's groups
+        for key, value in theirs.items():
+            if key == "params":
+                assert [id(p) for p in ours[key]] == [id(p) for p in value]  # same order
+            else:
+                assert ours[key] == value and type(ours[key]) is type(value), key
+
+
+def test_the_lr_finder_lr_replaces_every_groups_lr():
+    make_optimizer = OPTIMIZERS[0]
+    module = Classifier(FastNet(widths=(8, 16, 16), norm_bias_lr_scale=64.0), make_optimizer)
+    module.lr = 0.123  # what Tuner.lr_find(attr_name="lr") writes
+    others, biases = module.build_optimizer().param_groups
+    assert others["lr"] == biases["lr"] == 0.123
+    assert biases["weight_decay"] == make_optimizer.keywords["weight_decay"] / 64.0
+
+
+class Hooked(Network):
+    """Records the hook calls; a linear map of mean colours otherwise."""
+
+    data_init_size = 7
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, object]] = []
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 10))
+
+    def init_from_data(self, images: torch.Tensor) -> None:
+        self.calls.append(("init_from_data", tuple(images.shape)))
+
+    def on_train_epoch_start(self, epoch: int) -> None:
+        self.calls.append(("epoch", epoch))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x)
+
+
+class EpochSGD(torch.optim.SGD, EpochAware):
+    def __init__(self, params, **kw) -> None:  # noqa: ANN001
+        super().__init__(params, **kw)
+        self.epochs: list[int] = []
+
+    def on_train_epoch_start(self, epoch: int) -> None:
+        self.epochs.append(epoch)
+
+
+def test_the_network_and_optimizer_hooks_are_called(folder_root, tmp_path):
+    net = Hooked()
+    module = Classifier(net, optimizer=partial(EpochSGD, lr=0.1))
+    dm = CIFAR10DataModule(root=str(folder_root), download=False, batch_size=50, val_size=50,
+                           num_workers=0)  # fmt: skip
+    trainer = L.Trainer(accelerator="cpu", max_epochs=2, limit_train_batches=2, logger=False,
+                        default_root_dir=tmp_path, enable_progress_bar=False,
+                        enable_checkpointing=False, num_sanity_val_steps=0)  # fmt: skip
+    trainer.fit(module, datamodule=dm)
+    assert net.calls == [("init_from_data", (7, 3, 32, 32)), ("epoch", 0), ("epoch", 1)]
+    assert trainer.optimizers[0].epochs == [0, 1]

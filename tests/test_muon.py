@@ -73,3 +73,75 @@ def test_muon_filter_step_is_orthogonalised_and_follows_the_schedule():
     assert torch.allclose(step, 0.1 * orthogonalize(grad.reshape(len(grad), -1), 5), atol=1e-6)
     s = torch.linalg.svdvals(step)
     assert 0.03 < s.min() and s.max() < 0.15
+
+
+# --- against torch.optim.Muon ------------------------------------------------------------------
+# torch.optim.Muon (torch >= 2.9) takes 2-D parameters only; ours orthogonalises 4-D conv filters
+# and takes SGD steps for everything else, so the two meet on a 1x1 filter (out, in, 1, 1) against
+# the same (out, in) matrix. Where they differ: ours renormalises the filter before each step
+# (done by hand on torch's side below) and applies no weight decay to filters (torch's decoupled
+# decay is set to 0); our momentum buffer is torch's times 1 / (1 - momentum), which the
+# orthogonalisation's normalisation cancels; torch scales a tall matrix's step by
+# sqrt(rows / cols), so the matrix here is wide. Newton-Schulz: the same quintic and
+# coefficients, both in bf16, but torch fuses the products with addmm while ours rounds each
+# one, so the two agree to bf16 accuracy (a few per cent), not bit for bit.
+
+NS = (3.4445, -4.7750, 2.0315)  # Keller Jordan's coefficients, ours and torch's
+
+
+def newton_schulz_float64(g: torch.Tensor, steps: int) -> torch.Tensor:
+    a, b, c = NS
+    x = g.double() / g.double().norm()
+    wide = x.size(0) <= x.size(1)
+    x = x if wide else x.T
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x if wide else x.T
+
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).norm() / b.double().norm())
+
+
+@pytest.mark.parametrize("shape", [(16, 72), (72, 16), (32, 32)])
+@pytest.mark.parametrize("steps", [3, 5])
+def test_orthogonalize_matches_torchs_newton_schulz(shape, steps):
+    from torch.optim._muon import DEFAULT_A, DEFAULT_B, DEFAULT_C, EPS, _zeropower_via_newtonschulz
+
+    assert (DEFAULT_A, DEFAULT_B, DEFAULT_C) == NS
+    torch.manual_seed(0)
+    g = torch.randn(shape)
+    ours = orthogonalize(g, steps)
+    theirs = _zeropower_via_newtonschulz(g, NS, steps, EPS)
+    exact = newton_schulz_float64(g, steps)
+    # Both are the float64 iteration up to bf16 rounding (ours rounds more often: ~2 % vs ~1 %
+    # after 3 steps), and so each other's.
+    assert relative_error(ours, exact) < 0.05 and relative_error(theirs, exact) < 0.03
+    assert relative_error(ours, theirs) < 0.05
+
+
+@pytest.mark.parametrize("momentum", [0.6, 0.85])
+def test_filter_steps_match_torch_muon_on_a_1x1_filter(momentum):
+    out_c, in_c, lr = 16, 24, 0.2
+    torch.manual_seed(1)
+    w = torch.randn(out_c, in_c)
+    w *= out_c**0.5 / w.norm()
+    filt = nn.Parameter(w.clone().view(out_c, in_c, 1, 1))
+    matrix = nn.Parameter(w.clone())
+    ours = Muon([filt], lr=0.1, filter_lr=lr, filter_momentum=momentum, ns_steps=3)
+    theirs = torch.optim.Muon([matrix], lr=lr, weight_decay=0.0, momentum=momentum,
+                              nesterov=True, ns_steps=3)  # fmt: skip
+    for _ in range(5):
+        g = torch.randn(out_c, in_c)
+        filt.grad, matrix.grad = g.clone().view_as(filt), g.clone()
+        with torch.no_grad():
+            matrix.mul_(out_c**0.5 / matrix.norm())  # our renormalisation, on torch's side
+        before = matrix.detach().clone()
+        ours.step()
+        theirs.step()
+        step_ours = before - filt.detach().view(out_c, in_c)
+        step_theirs = before - matrix.detach()
+        assert relative_error(step_ours, step_theirs) < 0.05
+        with torch.no_grad():
+            matrix.copy_(filt.view(out_c, in_c))  # the next step from the same weights

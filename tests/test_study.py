@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 import statistics
 from pathlib import Path
@@ -14,10 +15,10 @@ import torch
 from hydra import compose, initialize_config_dir
 from torch import nn
 
-from cifar_lightning import report
 from cifar_lightning.data import CIFAR10DataModule
 from cifar_lightning.module import Classifier
 from cifar_lightning.optim import AdamToSGD
+from cifar_lightning.report.cli import main as report_main
 from tests.conftest import REPO, run_cli
 
 
@@ -101,7 +102,7 @@ def test_report_of_a_two_by_two_sweep(folder_root, tmp_path):
     (dead / ".hydra" / "overrides.yaml").write_text(overrides.replace("=adam\n", "=adamw\n"))
     (dead / "train.log").write_text("[x][cifar_lightning][ERROR] - error: something broke\n")
 
-    assert report.main([str(sweep), "--target", "0.2"]) == 0
+    assert report_main([str(sweep), "--target", "0.2"]) == 0
     rows = {r["group"]: r for r in csv.DictReader((sweep / "summary.csv").open())}
     assert set(rows) == {"optimizer=adam", "optimizer=sgd", "optimizer=adamw"}
     for opt in ("adam", "sgd"):
@@ -114,17 +115,28 @@ def test_report_of_a_two_by_two_sweep(folder_root, tmp_path):
         assert float(row["test_acc_std"]) == pytest.approx(
             statistics.stdev(r["test_acc"] for r in res)
         )
-        gap = statistics.fmean(r["train_acc"] - r["test_acc"] for r in res)
+        # The gap: clean training accuracy minus the plain (no TTA) test accuracy of the tested
+        # checkpoint; these runs test without TTA, so test_acc stands in where it is absent.
+        gap = statistics.fmean(r["train_acc_clean"] - r.get("test_acc_plain", r["test_acc"])
+                               for r in res)  # fmt: skip
         assert float(row["gap_mean"]) == pytest.approx(gap)
+        assert float(row["best_val_acc_mean"]) == pytest.approx(
+            statistics.fmean(r["best_val_acc"] for r in res)
+        )
     assert rows["optimizer=adamw"]["runs"] == "0" and rows["optimizer=adamw"]["failed"] == "1"
     text = (sweep / "report.md").read_text()
     assert "something broke" in text and "optimizer=adamw,seed=0" in text
     for name in ("curves.png", "per_class_heatmap.png", "best_confusion_matrix.png"):
         assert (sweep / name).stat().st_size > 1000
+    # Picked on validation: the confusion matrix is that of a run with the best val accuracy.
+    best = max(json.loads(p.read_text())["best_val_acc"] for p in sweep.glob("*/results.json"))
+    [picked] = re.findall(r"Picked by validation accuracy only: `([^`]+)`", text)
+    assert json.loads((sweep / picked / "results.json").read_text())["best_val_acc"] == best
+    assert "## Provenance" in text and "WARNING" not in text
 
 
 def test_report_of_nothing_is_a_clear_error(tmp_path, capsys):
-    assert report.main([str(tmp_path)]) == 2
+    assert report_main([str(tmp_path)]) == 2
     assert "no runs" in capsys.readouterr().err
 
 

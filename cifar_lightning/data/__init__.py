@@ -1,3 +1,14 @@
+from cifar_lightning.data.augment import AugmentPreset
+from cifar_lightning.data.batch_augment import BatchAugment, normalize
 from cifar_lightning.data.datamodule import CIFAR10DataModule
+from cifar_lightning.data.device_loader import DeviceBatches
+from cifar_lightning.data.order import EpochOrder
 
-__all__ = ["CIFAR10DataModule"]
+__all__ = [
+    "AugmentPreset",
+    "BatchAugment",
+    "CIFAR10DataModule",
+    "DeviceBatches",
+    "EpochOrder",
+    "normalize",
+]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -13,9 +12,11 @@ from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from cifar_lightning import CLASSES
-from cifar_lightning.augment import AugmentPreset, eval_transform, train_transform
-from cifar_lightning.data import sources
-from cifar_lightning.data.device import BatchAugment, DeviceBatches, derive_seed, normalize
+from cifar_lightning.data.augment import AugmentPreset, eval_transform, train_transform
+from cifar_lightning.data.batch_augment import BatchAugment, normalize
+from cifar_lightning.data.device_loader import DeviceBatches
+from cifar_lightning.data.order import EpochOrder, derive_seed
+from cifar_lightning.data.sources import load_splits, prepare_cache
 from cifar_lightning.errors import DataError, UserError
 
 
@@ -43,54 +44,61 @@ class ImageTensorDataset(Dataset):
             torch.manual_seed(derive_seed(self.seed, draw))
             return self.transform(self.x[i]), self.y[i]
 
+    def transform_is_random(self) -> bool:
+        """Apply the transform twice to one image under different RNG states."""
+        if len(self) == 0:
+            return False
+        with torch.random.fork_rng(devices=[]):  # never disturb the run's own random stream
+            outs = []
+            for seed in range(4):
+                torch.manual_seed(seed)
+                outs.append(self.transform(self.x[0]))
+        return any(not torch.equal(outs[0], o) for o in outs[1:])
+
 
 class EpochSampler(Sampler[int]):
-    """Each epoch's order is a function of (seed, epoch) alone, so a resumed run sees the same
-    order; yields draws `epoch * N + i` (see ImageTensorDataset). Under DDP each rank takes a
-    disjoint share of equal length, so every rank runs the same number of steps. Lightning calls
-    set_epoch at each epoch start."""
+    """An EpochOrder's indices for the DataLoader: yields draws `epoch * N + i` (see
+    ImageTensorDataset), from the resume point on after a restore. Lightning calls set_epoch
+    at each epoch start."""
 
-    def __init__(self, n: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
-        self.n, self.seed, self.rank, self.world_size = n, seed, rank, world_size
-        self.epoch = 0
-        self.resume: tuple[int, int] | None = None  # (epoch, draws to skip) after a restore
+    def __init__(self, order: EpochOrder) -> None:
+        self.order = order
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self.order.set_epoch(epoch)
 
     def __len__(self) -> int:
-        return self.n // self.world_size
+        return self.order.size
 
     def __iter__(self) -> Iterator[int]:
-        gen = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch))
-        order = torch.randperm(self.n, generator=gen)[self.rank : len(self) * self.world_size]
-        order = order[:: self.world_size]
-        if self.resume is not None:
-            epoch, skip = self.resume
-            self.resume = None  # a resume skips once, and only within its own epoch
-            if epoch == self.epoch:
-                order = order[skip:]
-        return iter((order + self.epoch * self.n).tolist())
+        epoch, start = self.order.begin()
+        indices = self.order.indices(epoch)[start * self.order.batch_size :]
+        return iter((indices + epoch * self.order.n).tolist())
 
 
 class ResumableLoader(DataLoader):
-    """A DataLoader that Lightning can checkpoint mid-epoch (state_dict/load_state_dict): a
-    resumed run continues with the next batch of the same epoch instead of restarting it."""
+    """A DataLoader over an EpochSampler (whose EpochOrder has the loader's batch_size and
+    drop_last) that Lightning can checkpoint mid-epoch (state_dict/load_state_dict): a resumed
+    run continues with the next batch of the same epoch instead of restarting it."""
+
+    sampler: EpochSampler
 
     def __iter__(self) -> Iterator:
-        self._yielded = 0
+        order = self.sampler.order
         for batch in super().__iter__():
-            self._yielded += 1
+            order.advance()  # before the yield (see EpochOrder.advance)
             yield batch
 
     def state_dict(self) -> dict[str, int]:
         # Lightning knows this loader's length, so its fetcher does not read ahead to find the
         # epoch's end: every yielded batch has been trained on when a checkpoint is taken
         # (tests/test_resume.py checks this end to end).
-        return {"epoch": self.sampler.epoch, "consumed": getattr(self, "_yielded", 0)}
+        return self.sampler.order.state_dict()
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        self.sampler.resume = (state["epoch"], state["consumed"] * self.batch_size)
+        if "consumed" in state:  # written before both loaders shared EpochOrder
+            state = {"epoch": state["epoch"], "position": state["consumed"]}
+        self.sampler.order.load_state_dict(state)
 
 
 class CIFAR10DataModule(L.LightningDataModule):
@@ -109,7 +117,10 @@ class CIFAR10DataModule(L.LightningDataModule):
         loader: str = "torch",
         alternating_flip: bool = False,
         augment: Mapping[str, Any] | None = None,
+        seed: int = 0,
     ) -> None:
+        """`seed`: the run's seed (what seed_everything returned), so each seed shuffles and
+        augments differently, and reproducibly."""
         super().__init__()
         if loader not in ("torch", "device"):
             raise UserError(
@@ -132,7 +143,8 @@ class CIFAR10DataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.loader = loader
         self.alternating_flip = alternating_flip
-        self._on_device: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.seed = seed
+        self._on_device: dict[tuple[str, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
         self.augment = AugmentPreset.from_config(augment)
         self.train_set: ImageTensorDataset | None = None
         self.val_set: ImageTensorDataset | None = None
@@ -143,12 +155,12 @@ class CIFAR10DataModule(L.LightningDataModule):
         return self.val_size > 0
 
     def prepare_data(self) -> None:
-        sources.prepare(self.root, self.download)
+        prepare_cache(self.root, self.download)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:  # fit and test share one load
             return
-        splits = sources.load(self.root)
+        splits = load_splits(self.root)
         n = len(splits.train_y)
         if not 0 <= self.val_size < n:
             raise DataError(
@@ -163,15 +175,10 @@ class CIFAR10DataModule(L.LightningDataModule):
         train_tf, eval_tf = train_transform(self.augment), eval_transform(self.augment)
         x, y = splits.train_x, splits.train_y
         self.train_set = ImageTensorDataset(
-            x[self.train_index], y[self.train_index], train_tf, seed=self._seed()
+            x[self.train_index], y[self.train_index], train_tf, seed=self.seed
         )
         self.val_set = ImageTensorDataset(x[self.val_index], y[self.val_index], eval_tf)
         self.test_set = ImageTensorDataset(splits.test_x, splits.test_y, eval_tf)
-
-    def _seed(self) -> int:
-        # The run's seed (seed_everything sets PL_GLOBAL_SEED), so each seed shuffles and
-        # augments differently, and reproducibly.
-        return int(os.environ.get("PL_GLOBAL_SEED", 0))
 
     def _options(self) -> dict[str, Any]:
         return {
@@ -183,27 +190,52 @@ class CIFAR10DataModule(L.LightningDataModule):
             "generator": torch.Generator(),
         }
 
+    def _split(self, name: str) -> ImageTensorDataset:
+        splits = {"train": self.train_set, "val": self.val_set, "test": self.test_set}
+        if name not in splits:
+            raise ValueError(f"unknown split {name!r}: train, val or test")
+        if splits[name] is None:
+            raise RuntimeError("call setup() before asking for the data")
+        return splits[name]
+
+    def eval_is_random(self, split: str) -> bool:
+        """Whether evaluating `split` ("val" or "test") sees random inputs (the health check
+        reports it). data.loader=device evaluates with normalisation only, by construction; the
+        DataLoader path applies the split's transform, so that is tried out (it may have been
+        replaced after setup)."""
+        if self.loader == "device":
+            return False
+        return self._split(split).transform_is_random()
+
     def _world(self) -> tuple[int, int]:
         trainer = self.trainer
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
     # -- data.loader=device: the uint8 split on the training device, augmented batch by batch --
-    def _device_split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-        if name not in self._on_device:  # one copy per split, kept for the whole run
-            ds = getattr(self, f"{name}_set")
-            device = self.trainer.strategy.root_device if self.trainer is not None else "cpu"
-            self._on_device[name] = (ds.x.to(device), ds.y.to(device))
-        return self._on_device[name]
+    def _device_split(self, name: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        if (name, device) not in self._on_device:  # one copy per split and device, kept
+            ds = self._split(name)
+            self._on_device[name, device] = (ds.x.to(device), ds.y.to(device))
+        return self._on_device[name, device]
 
-    def _device_batches(self, name: str, batch_size: int, train: bool) -> DeviceBatches:
-        x, y = self._device_split(name)
+    def device_batches(
+        self, split: str, train: bool, device: torch.device | str | None = None
+    ) -> DeviceBatches:
+        """The batches data.loader=device gives for `split` ("train", "val" or "test"): with
+        train=True shuffled, augmented and cut to full batches of batch_size, else in order,
+        normalised only, in batches of eval_batch_size. The split is copied to `device` once
+        (default: the trainer's root device, or the CPU without a trainer). After setup()."""
+        if device is None:
+            device = self.trainer.strategy.root_device if self.trainer is not None else "cpu"
+        x, y = self._device_split(split, torch.device(device))
         rank, world = self._world()
         augment = None
         if train and (self.augment.is_random or self.alternating_flip):
-            augment = BatchAugment(self.augment, self.alternating_flip, flip_seed=self._seed())
+            augment = BatchAugment(self.augment, self.alternating_flip, flip_seed=self.seed)
+        batch_size = self.batch_size if train else self.eval_batch_size
         return DeviceBatches(
             x, y, batch_size, shuffle=train, augment=augment, mean=self.augment.mean,
-            std=self.augment.std, seed=self._seed(), drop_last=train, rank=rank, world_size=world,
+            std=self.augment.std, seed=self.seed, drop_last=train, rank=rank, world_size=world,
         )  # fmt: skip
 
     def whitening_images(self, n: int) -> torch.Tensor:
@@ -212,11 +244,13 @@ class CIFAR10DataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader | DeviceBatches:
         if self.loader == "device":
-            return self._device_batches("train", self.batch_size, train=True)
+            return self.device_batches("train", train=True)
         # The datamodule shards for DDP itself (trainer use_distributed_sampler: false), so its
         # sampler keeps control of the order and the per-draw augmentation seeds.
         rank, world = self._world()
-        sampler = EpochSampler(len(self.train_set), self._seed(), rank, world)
+        order = EpochOrder(len(self.train_set), shuffle=True, seed=self.seed,
+                           batch_size=self.batch_size, rank=rank, world_size=world)  # fmt: skip
+        sampler = EpochSampler(order)
         return ResumableLoader(
             self.train_set, batch_size=self.batch_size, sampler=sampler, **self._options()
         )
@@ -230,8 +264,8 @@ class CIFAR10DataModule(L.LightningDataModule):
 
     def _eval_loader(self, name: str) -> DataLoader | DeviceBatches:
         if self.loader == "device":
-            return self._device_batches(name, self.eval_batch_size, train=False)
-        dataset = getattr(self, f"{name}_set")
+            return self.device_batches(name, train=False)
+        dataset = self._split(name)
         rank, world = self._world()
         sampler = None
         if world > 1:

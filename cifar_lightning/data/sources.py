@@ -151,7 +151,7 @@ def download(root: Path) -> None:
         ) from err
 
 
-def prepare(root: str | Path, allow_download: bool) -> Path:
+def prepare_cache(root: str | Path, allow_download: bool) -> Path:
     """Make sure `root` holds the cache, decoding (and downloading) only when it is missing."""
     root = Path(root)
     cache = root / CACHE_NAME
@@ -192,7 +192,7 @@ def prepare(root: str | Path, allow_download: bool) -> Path:
     return cache
 
 
-def load(root: str | Path) -> Splits:
+def load_splits(root: str | Path) -> Splits:
     """Load the cache that `prepare` made."""
     cache = Path(root) / CACHE_NAME
     try:

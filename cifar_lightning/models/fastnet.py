@@ -8,20 +8,27 @@ airbench94 reaches 94% on CIFAR-10 in about 3.3 s on an A100. The network is sma
 
 Spatial sizes for a 32x32 input: 31 (the unpadded 2x2 conv) -> 15 -> 7 -> 3 -> 1.
 
-What the LightningModule must do with it (see `FastNet.init_whitening` and `FastNet.set_epoch`):
-  * once, before the first training step: `net.init_whitening(images)` with a few thousand
-    normalised, un-augmented training images (airbench uses 5000); skip it when `net.whitened`
-    is already true (a resumed checkpoint carries the whitening weights);
-  * at the start of every training epoch: `net.set_epoch(current_epoch)`.
+Its Network hooks (cifar_lightning/models/network.py) are how the LightningModule drives it:
+  * data_init_size / init_from_data: before the first training step, the whitening layer is set
+    from 5000 normalised, un-augmented training images (airbench's count), once: a resumed
+    checkpoint carries the whitening weights, and data_init_size is then 0;
+  * on_train_epoch_start: the whitening bias trains for the first `whiten_bias_epochs` epochs;
+  * param_groups: with norm_bias_lr_scale != 1, the batch-norm biases form a group of their own
+    at that many times the learning rate (airbench's bias_scaler: 64).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from cifar_lightning.models.network import Network
+
+WHITENING_IMAGES = 5000  # images init_from_data whitens with (airbench's count)
 
 
 def conv3x3(c_in: int, c_out: int) -> nn.Conv2d:
@@ -47,8 +54,6 @@ def batch_norm(channels: int, momentum: float) -> nn.BatchNorm2d:
 class ConvGroup(nn.Module):
     def __init__(self, c_in: int, c_out: int, bn_momentum: float) -> None:
         super().__init__()
-        # The modules are named norm1/norm2 so that a "norm" in a parameter's name picks out the
-        # BN biases, which airbench trains with a 64x larger learning rate.
         self.conv1 = conv3x3(c_in, c_out)
         self.pool = nn.MaxPool2d(2)
         self.norm1 = batch_norm(c_out, bn_momentum)
@@ -62,7 +67,7 @@ class ConvGroup(nn.Module):
         return self.act(self.norm2(self.conv2(x)))
 
 
-class FastNet(nn.Module):
+class FastNet(Network):
     def __init__(
         self,
         widths: Sequence[int] = (64, 256, 256),
@@ -72,17 +77,22 @@ class FastNet(nn.Module):
         *,
         bn_momentum: float = 0.4,
         whiten_eps: float = 5e-4,
+        norm_bias_lr_scale: float = 1.0,
     ) -> None:
         """widths: output channels of the conv groups. whiten_bias_epochs: epochs during which
         the whitening layer's bias trains (then it is frozen). scaling: multiplies the logits.
         bn_momentum: PyTorch's convention, running = (1 - m) * running + m * batch; airbench's
         "batchnorm_momentum: 0.6" is the other (Keras) convention and passes 1 - 0.6 = 0.4 to
-        PyTorch. whiten_eps: added to the patch-covariance eigenvalues before 1/sqrt."""
+        PyTorch. whiten_eps: added to the patch-covariance eigenvalues before 1/sqrt.
+        norm_bias_lr_scale: the batch-norm biases' learning rate relative to the other
+        parameters' (airbench: BN biases learn 64x faster), weight decay scaled down by the same
+        factor (see param_groups)."""
         super().__init__()
         widths = [int(w) for w in widths]
         self.whiten_bias_epochs = whiten_bias_epochs
         self.whiten_eps = whiten_eps
         self.scaling = scaling
+        self.norm_bias_lr_scale = norm_bias_lr_scale
 
         # 2x2 patches of 3 channels have 12 dimensions; each gets a +v and a -v filter, so that
         # the GELU after it keeps both signs of every whitened direction.
@@ -134,12 +144,33 @@ class FastNet(nn.Module):
         weight.copy_(torch.cat([filters, -filters]))
         self.whitened.fill_(True)
 
-    def set_epoch(self, epoch: int) -> None:
-        """Call at the start of each training epoch (0-based): the whitening bias trains for the
+    @property
+    def data_init_size(self) -> int:
+        # bool() of a device tensor syncs, once per fit.
+        return 0 if bool(self.whitened) else WHITENING_IMAGES
+
+    def init_from_data(self, images: Tensor) -> None:
+        self.init_whitening(images)
+
+    def on_train_epoch_start(self, epoch: int) -> None:
+        """At the start of each training epoch (0-based): the whitening bias trains for the
         first `whiten_bias_epochs` epochs, then stays fixed. A parameter without requires_grad
         gets no gradient, and PyTorch optimizers skip parameters whose grad is None (Lightning
         zeroes gradients to None), so neither the update nor weight decay touches it."""
         self.whiten.bias.requires_grad_(epoch < self.whiten_bias_epochs)
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        params = [p for p in self.parameters() if p.requires_grad]
+        if self.norm_bias_lr_scale == 1.0:
+            return [{"params": params, "lr_scale": 1.0}]
+        # The batch-norm biases at a scaled lr (airbench's grouping); the whitening bias and
+        # everything else at the optimizer's own.
+        norm_biases = {id(m.bias) for m in self.modules() if isinstance(m, nn.BatchNorm2d)}
+        return [
+            {"params": [p for p in params if id(p) not in norm_biases], "lr_scale": 1.0},
+            {"params": [p for p in params if id(p) in norm_biases],
+             "lr_scale": self.norm_bias_lr_scale},
+        ]  # fmt: skip
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.act(self.whiten(x))

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from cifar_lightning.models.network import Network
+
 
 def conv_block(c_in: int, c_mid: int, c_out: int) -> nn.Sequential:
     # The seed's block 1: Conv -> BN -> ReLU -> Conv -> ReLU -> MaxPool. padding=1 keeps the size,
@@ -20,7 +22,9 @@ def conv_block(c_in: int, c_mid: int, c_out: int) -> nn.Sequential:
     )
 
 
-class SeedCNN(nn.Module):
+class SeedCNN(Network):
+    """A plain Network: the default hooks."""
+
     def __init__(
         self,
         widths: Sequence[Sequence[int]] = ((32, 64), (64, 96), (96, 120)),

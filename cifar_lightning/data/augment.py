@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torchvision.transforms import v2
 
+# CIFAR-10's per-channel training-set statistics: written here only (conf/augment presets that
+# normalise with them leave mean/std out).
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
 

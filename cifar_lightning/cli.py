@@ -1,13 +1,23 @@
-"""Checks run on the command line before Hydra starts, for errors Hydra would only report with
-a traceback: an output folder that cannot be written, a plugin that is not installed."""
+"""The command-line entry of train.py and eval.py: checks before Hydra starts, for errors Hydra
+would only report with a traceback (an output folder that cannot be written, a plugin that is
+not installed), and a UserError turned into one message and exit status 2."""
 
 from __future__ import annotations
 
 import importlib.util
+import logging
+import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from cifar_lightning.errors import UserError
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+
+from cifar_lightning.errors import EXIT_USAGE, UserError
+
+log = logging.getLogger(__name__)
 
 # `group=option` on the command line -> (module the option needs, pip extra that installs it)
 PLUGINS = {
@@ -18,6 +28,31 @@ PLUGINS = {
     "hydra/sweeper=optuna": ("hydra_plugins.hydra_optuna_sweeper", "sweep"),
     "hparams_search=optuna_lr": ("hydra_plugins.hydra_optuna_sweeper", "sweep"),
 }
+
+
+def cli_guard(task: Callable[[Any], Any], cfg: Any) -> Any:
+    """Run a Hydra task, turning a UserError into one message and exit status 2.
+
+    In a multirun the error is re-raised instead: SystemExit would abort the remaining jobs,
+    whereas an exception lets Hydra finish the sweep and fail at its end.
+    """
+    try:
+        return task(cfg)
+    except UserError as err:
+        log.error("error: %s", err)
+        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+
+
+def preflight(argv: list[str]) -> None:
+    """check_cli on the command line's arguments; a UserError is one message and exit status 2."""
+    try:
+        check_cli(argv)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
 
 
 def _installed(module: str) -> bool:
@@ -38,6 +73,7 @@ def check_writable(folder: Path, key: str) -> None:
 
 
 def check_cli(argv: list[str], default_dir: str = "outputs") -> None:
+    """Hydra plugins the arguments name are installed; the run (or sweep) folder is writable."""
     args = [a.lstrip("+") for a in argv]
     for arg in args:
         if arg in PLUGINS and not _installed(PLUGINS[arg][0]):

@@ -1,0 +1,87 @@
+"""The report's figures: learning curves and the per-class heatmap, one entry per group."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any
+
+from cifar_lightning.fileio import atomic_write
+from cifar_lightning.report.groups import Grouping
+
+
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: Path) -> None:
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    _plt().close(fig)
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def plot_curves(grouping: Grouping, path: Path) -> None:
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for i, (label, runs) in enumerate(grouping.groups.items()):
+        members = [r for r in runs if r.ok]
+        for ax, metric in zip(axes, ("train/loss", "val/acc"), strict=True):
+            epochs = sorted({e for r in members for e in r.curves.get(metric, {})})
+            if not epochs:
+                continue
+            stats = [_mean_std([r.curves[metric][e] for r in members
+                                if e in r.curves.get(metric, {})]) for e in epochs]  # fmt: skip
+            mean = [m for m, _ in stats]
+            ax.plot(epochs, mean, color=f"C{i}", label=label)
+            ax.fill_between(epochs, [m - s for m, s in stats], [m + s for m, s in stats],
+                            color=f"C{i}", alpha=0.2)  # fmt: skip
+    for ax, title in zip(axes, ("train loss", "val accuracy"), strict=True):
+        ax.set(xlabel="epoch", title=f"{title} (mean ± std over seeds)")
+        ax.grid(alpha=0.3)
+    if axes[1].get_legend_handles_labels()[0]:
+        axes[1].legend(fontsize=8, title=grouping.column if grouping.chosen else None)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_heatmap(grouping: Grouping, path: Path) -> bool:
+    """Per-class test accuracy, mean over each group's tested runs. False (nothing written)
+    when no run was tested."""
+    groups: dict[str, list[dict[str, float]]] = {}
+    for label, runs in grouping.groups.items():
+        tested = [r.results["per_class_acc"] for r in runs
+                  if r.ok and isinstance(r.results.get("per_class_acc"), dict)
+                  and r.results["per_class_acc"]]  # fmt: skip
+        if tested:
+            groups[label] = tested
+    if not groups:
+        return False
+    plt = _plt()
+    labels = list(groups)
+    classes = list(groups[labels[0]][0])
+    data = [[statistics.fmean(pc[c] for pc in groups[g] if pc.get(c) is not None)
+             if any(pc.get(c) is not None for pc in groups[g]) else float("nan")
+             for c in classes] for g in labels]  # fmt: skip
+    # Wide enough for the group labels on the y axis as well as one column per class.
+    width = 1.0 * len(classes) + 2.5 + 0.075 * max(len(g) for g in labels)
+    fig, ax = plt.subplots(figsize=(width, 0.5 * len(labels) + 1.8))
+    im = ax.imshow(data, cmap="viridis", vmin=0, vmax=1, aspect="auto")
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    for i, row in enumerate(data):
+        for j, v in enumerate(row):
+            ax.text(j, i, f"{100 * v:.0f}", ha="center", va="center", fontsize=7,
+                    color="black" if v > 0.6 else "white")  # fmt: skip
+    fig.colorbar(im, ax=ax, fraction=0.03)
+    ax.set_title("per-class test accuracy % (mean over seeds)")
+    fig.tight_layout()
+    _save(fig, path)
+    return True

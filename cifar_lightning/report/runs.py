@@ -1,0 +1,177 @@
+"""Finding runs and reading what train.py left in them: `.hydra/`, results.json, metrics.csv.
+
+A run's figures come from its results.json (fractions in 0..1, None where the run has none);
+config values it did not override come from `.hydra/hydra.yaml` (config group choices) and
+`.hydra/config.yaml` (everything else), where Hydra saved them.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cifar_lightning.results import RESULTS_NAME, read_overrides
+
+# What a group averages over.
+METRICS = ("test_acc", "train_acc_clean", "gap", "best_val_acc")
+CURVES = ("train/loss", "train/acc", "val/acc", "val/loss")
+
+
+@dataclass
+class Run:
+    path: Path
+    overrides: dict[str, str]
+    results: dict[str, Any] | None
+    curves: dict[str, dict[int, float]] = field(default_factory=dict)  # metric -> epoch -> value
+    problem: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.results is not None
+
+    @cached_property
+    def config(self) -> dict[str, Any]:
+        """The run's resolved-at-launch config (.hydra/config.yaml), {} when absent."""
+        return _yaml(self.path / ".hydra" / "config.yaml")
+
+    @cached_property
+    def choices(self) -> dict[str, str]:
+        """Config group choices (hydra.runtime.choices in .hydra/hydra.yaml): optimizer -> adam."""
+        hydra = _yaml(self.path / ".hydra" / "hydra.yaml").get("hydra") or {}
+        choices = (hydra.get("runtime") or {}).get("choices") or {}
+        return {str(k): str(v) for k, v in choices.items() if v is not None}
+
+    def value(self, key: str) -> str | None:
+        """A config key's value: the override, else the group choice, else the config's scalar."""
+        if key in self.overrides:
+            return self.overrides[key]
+        if key in self.choices:
+            return self.choices[key]
+        node: Any = self.config
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return None
+            node = node[part]
+        if node is None or isinstance(node, dict | list) or "${" in str(node):
+            return None  # not a scalar, or an interpolation the saved config leaves unresolved
+        return str(node)
+
+    @property
+    def tta_level(self) -> int:
+        """The test-time augmentation level the run tested with (0: none)."""
+        if self.results is not None and self.results.get("tta_level") is not None:
+            return int(self.results["tta_level"])
+        level = self.value("module.tta_level")
+        try:
+            return int(level) if level not in (None, "null") else 0
+        except ValueError:
+            return 0
+
+    def metric(self, name: str) -> float | None:
+        """One figure of the run (see METRICS; any other results.json number by its key)."""
+        if self.results is None:
+            return None
+        if name == "gap":
+            return self.gap
+        value = self.results.get(name)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return None
+        return float(value)
+
+    @property
+    def gap(self) -> float | None:
+        """Clean training accuracy minus plain (no-TTA) test accuracy of the tested checkpoint.
+
+        Without a `test_acc_plain` figure, `test_acc` stands in when the run tested without TTA;
+        with TTA there is no plain figure to compare with, and the gap is None.
+        """
+        clean = self.metric("train_acc_clean")
+        plain = self.metric("test_acc_plain")
+        if plain is None and self.tta_level == 0:
+            plain = self.metric("test_acc")
+        return None if clean is None or plain is None else clean - plain
+
+
+def _yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except yaml.YAMLError:
+        return {}
+    return loaded if isinstance(loaded, dict) else {}
+
+
+def _overrides(run_dir: Path) -> dict[str, str]:
+    pairs = {}
+    for item in read_overrides(run_dir):
+        if "=" in item and not item.startswith("~"):
+            key, value = item.split("=", 1)
+            pairs[key.lstrip("+")] = value  # +key / ++key: added keys, named as any other
+    return pairs
+
+
+def _curves(metrics_csv: Path) -> dict[str, dict[int, float]]:
+    curves: dict[str, dict[int, float]] = defaultdict(dict)
+    if not metrics_csv.is_file():
+        return curves
+    with metrics_csv.open() as f:
+        for row in csv.DictReader(f):
+            for key in CURVES:
+                if row.get(key) not in (None, "") and row.get("epoch") not in (None, ""):
+                    curves[key][int(row["epoch"]) + 1] = float(row[key])
+    return curves
+
+
+def _failure_reason(run_dir: Path) -> str:
+    for log in run_dir.glob("*.log"):
+        for line in log.read_text(errors="replace").splitlines():
+            if "error:" in line:
+                return line.split("error:", 1)[1].strip()
+    return "no results.json (failed or still running)"
+
+
+def read_run(run_dir: Path) -> Run:
+    results_file = run_dir / RESULTS_NAME
+    results, problem = None, ""
+    if results_file.is_file():
+        try:
+            results = json.loads(results_file.read_text())
+        except json.JSONDecodeError as err:
+            problem = f"unreadable results.json ({err})"
+        else:
+            if not isinstance(results, dict):
+                results, problem = None, "unreadable results.json (not an object)"
+    else:
+        problem = _failure_reason(run_dir)
+    return Run(run_dir, _overrides(run_dir), results, _curves(run_dir / "metrics.csv"), problem)
+
+
+def find_runs(paths: list[Path]) -> list[Run]:
+    """Every run folder (one with .hydra/overrides.yaml) under the paths, each once."""
+    runs, seen = [], set()
+    for root in paths:
+        for hydra_dir in sorted(root.glob("**/.hydra")):
+            run_dir = hydra_dir.parent
+            if not (hydra_dir / "overrides.yaml").is_file() or run_dir.resolve() in seen:
+                continue
+            seen.add(run_dir.resolve())
+            runs.append(read_run(run_dir))
+    return runs
+
+
+def best_run(runs: list[Run]) -> Run | None:
+    """The complete run with the highest best_val_acc; None when no run has a validation figure.
+
+    Validation only: the test set selects nothing, not even between runs tied on validation
+    (the first such run in folder order is taken).
+    """
+    scored = [r for r in runs if r.ok and r.metric("best_val_acc") is not None]
+    return max(scored, key=lambda r: r.metric("best_val_acc")) if scored else None

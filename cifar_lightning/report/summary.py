@@ -1,0 +1,66 @@
+"""The figures of the report: per-group statistics and pairwise comparisons, before formatting."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+
+from cifar_lightning.report.groups import Grouping
+from cifar_lightning.report.runs import METRICS, Run
+from cifar_lightning.report.stats import Comparison, Summary, describe, pairwise
+
+COMPARED = ("test_acc", "gap")  # the metrics tested pairwise
+
+
+@dataclass
+class GroupSummary:
+    label: str
+    runs: int  # complete runs (with results.json)
+    failed: int
+    metrics: dict[str, Summary]  # METRICS -> statistics over the runs that have the figure
+    train_acc_final: float | None  # mean last-epoch training accuracy (under augmentation)
+    epochs_to_target: float | None  # mean first epoch reaching the target, over runs reaching it
+    reached: int  # runs reaching the target
+    fit_seconds: float | None
+
+
+def values(runs: list[Run], metric: str) -> list[float]:
+    """The metric of each complete run that has it."""
+    found = (r.metric(metric) for r in runs if r.ok)
+    return [v for v in found if v is not None]
+
+
+def _mean(xs: list[float]) -> float | None:
+    return statistics.fmean(xs) if xs else None
+
+
+def first_epoch_reaching(run: Run, target: float) -> int | None:
+    return next((e for e, v in sorted(run.curves.get("val/acc", {}).items()) if v >= target), None)
+
+
+def summarise(grouping: Grouping, target: float) -> list[GroupSummary]:
+    rows = []
+    for label, members in grouping.groups.items():
+        done = [r for r in members if r.ok]
+        reached = [e for e in (first_epoch_reaching(r, target) for r in done) if e is not None]
+        rows.append(
+            GroupSummary(
+                label=label,
+                runs=len(done),
+                failed=len(members) - len(done),
+                metrics={m: describe(values(members, m)) for m in METRICS},
+                train_acc_final=_mean(values(members, "train_acc")),
+                epochs_to_target=_mean([float(e) for e in reached]),
+                reached=len(reached),
+                fit_seconds=_mean(values(members, "fit_seconds")),
+            )
+        )
+    return rows
+
+
+def compare(grouping: Grouping, metrics: tuple[str, ...] = COMPARED) -> list[Comparison]:
+    """Welch tests between every two groups, Holm-corrected within each metric."""
+    found = []
+    for metric in metrics:
+        found += pairwise({g: values(rs, metric) for g, rs in grouping.groups.items()}, metric)
+    return found

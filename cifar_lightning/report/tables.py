@@ -1,0 +1,95 @@
+"""The report's tables: per-group markdown, pairwise markdown, summary.csv."""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Any
+
+from cifar_lightning.report.runs import METRICS
+from cifar_lightning.report.stats import CONFIDENCE, Comparison, Summary
+from cifar_lightning.report.summary import GroupSummary
+
+NONE = "–"
+NAMES = {
+    "test_acc": "test acc",
+    "train_acc_clean": "clean train acc",
+    "gap": "gap (clean train − plain test)",
+    "best_val_acc": "best val acc",
+}
+LEGEND = (
+    f"Cells: mean ± half-width of the {100 * CONFIDENCE:.0f} % t confidence interval of the "
+    "mean over seeds (n − 1 degrees of freedom), in % (gap: percentage points); `± –`: a single "
+    "run; (n=k): k runs have the figure. Clean train acc: eval-mode accuracy of the tested "
+    "checkpoint on a fixed training subset, no augmentation, no TTA. Gap: clean train acc minus "
+    "the test accuracy of the same checkpoint without TTA."
+)
+
+
+def pct(x: float | None) -> str:
+    return NONE if x is None else f"{100 * x:.2f}"
+
+
+def cell(s: Summary, runs: int) -> str:
+    if s.n == 0:
+        return NONE
+    text = f"{pct(s.mean)} ± " + (NONE if s.half_width is None else f"{100 * s.half_width:.2f}")
+    return text + ("" if s.n == runs else f" (n={s.n})")
+
+
+def p_value(p: float | None, note: str = "") -> str:
+    if p is None:
+        return note or NONE
+    return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
+
+
+def group_table(rows: list[GroupSummary], column: str, target: float) -> str:
+    head = [column, "n", *(f"{NAMES[m]} {'pp' if m == 'gap' else '%'}" for m in METRICS),
+            f"epochs to val {100 * target:.0f}%", "fit s"]  # fmt: skip
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        runs = f"{r.runs}" + (f" (+{r.failed} failed)" if r.failed else "")
+        epochs = NONE if r.epochs_to_target is None else f"{r.epochs_to_target:.1f}"
+        fit = NONE if r.fit_seconds is None else f"{r.fit_seconds:.0f}"
+        cells = [r.label, runs, *(cell(r.metrics[m], r.runs) for m in METRICS),
+                 f"{epochs} ({r.reached}/{r.runs})", fit]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def pairwise_table(comparisons: list[Comparison]) -> str:
+    head = ["group A", "group B", "metric", "difference of means (A − B) pp", "Welch p", "Holm p"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for c in comparisons:
+        cells = [c.a, c.b, NAMES[c.metric], f"{100 * c.diff:+.2f}", p_value(c.p, c.note),
+                 p_value(c.p_holm)]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def csv_rows(rows: list[GroupSummary]) -> list[dict[str, Any]]:
+    """One flat dict per group, fractions as they are; empty where there is no figure."""
+    out = []
+    for r in rows:
+        row: dict[str, Any] = {"group": r.label, "runs": r.runs, "failed": r.failed}
+        for m in METRICS:
+            s = r.metrics[m]
+            row |= {f"{m}_n": s.n, f"{m}_mean": s.mean, f"{m}_std": s.std,
+                    f"{m}_ci_low": s.ci_low, f"{m}_ci_high": s.ci_high}  # fmt: skip
+        row |= {
+            "train_acc_mean": r.train_acc_final,  # last epoch, under augmentation
+            "epochs_to_target": r.epochs_to_target,
+            "reached_target": f"{r.reached}/{r.runs}",
+            "fit_seconds_mean": r.fit_seconds,
+        }
+        out.append({k: "" if v is None else v for k, v in row.items()})
+    return out
+
+
+def summary_csv(rows: list[GroupSummary]) -> str:
+    flat = csv_rows(rows)
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(flat[0]))
+    writer.writeheader()
+    writer.writerows(flat)
+    return text.getvalue()
