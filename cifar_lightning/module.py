@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -17,6 +18,7 @@ from torchmetrics.classification import (
 from cifar_lightning import DISPLAY_NAMES
 from cifar_lightning.models.network import Network, default_param_groups
 from cifar_lightning.optim import EpochAware
+from cifar_lightning.schedulers import GroupDecay
 from cifar_lightning.tta import tta_logits
 
 
@@ -73,8 +75,10 @@ class Classifier(L.LightningModule):
         compiled = torch.compile(net, dynamic=False) if compile else None
         object.__setattr__(self, "_compiled", compiled)
         self.lr: float | None = None  # the LR finder's suggestion, when tune_lr=true
+        self.predict_tta_level = 0  # what predict_step evaluates with (see evaluation.score)
         self.run_config: dict | None = None  # set by the training script, saved in checkpoints
         self.test_report: dict[str, Any] = {}
+        self._groups: list[dict[str, Any]] = []  # the network's parameter groups, as built
 
     def forward(self, x: Tensor) -> Tensor:
         # `is None`, not `or`: a compiled module has no truth value (bool() asks for its len()).
@@ -143,9 +147,14 @@ class Classifier(L.LightningModule):
         self.log("val/acc", self.val_acc, on_epoch=True, prog_bar=True)
         return {"preds": preds}
 
+    def eval_logits(self, x: Tensor, tta_level: int) -> Tensor:
+        """Logits for evaluation inputs, with test-time augmentation at `tta_level` (tta.py).
+        Call in eval mode under no_grad, as Lightning's evaluation loops do."""
+        return tta_logits(self.net, x, tta_level) if tta_level else self(x)
+
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
         x, y = self._inputs(batch)
-        logits = tta_logits(self.net, x, self.tta_level) if self.tta_level else self(x)
+        logits = self.eval_logits(x, self.tta_level)
         preds = logits.argmax(1)
         self.test_acc(preds, y)
         self.test_class_acc.update(preds, y)
@@ -153,6 +162,17 @@ class Classifier(L.LightningModule):
         self.log("test/loss", self.criterion(logits, y), on_epoch=True)
         self.log("test/acc", self.test_acc, on_epoch=True)
         return {"preds": preds}
+
+    def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        """Counts for evaluation.score: correct predictions and the summed loss of a batch, at
+        predict_tta_level. Per-batch sums stay on the device until the end."""
+        x, y = self._inputs(batch)
+        logits = self.eval_logits(x, self.predict_tta_level)
+        return {
+            "correct": (logits.argmax(1) == y).sum(),
+            "loss_sum": self.criterion(logits, y) * len(y),
+            "count": torch.tensor(len(y), device=y.device),
+        }
 
     def on_test_epoch_end(self) -> None:
         per_class = self.test_class_acc.compute().tolist()
@@ -165,17 +185,28 @@ class Classifier(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         optimizer = self.build_optimizer()
-        if self.make_scheduler is None:
-            return optimizer
-        total = int(self.trainer.estimated_stepping_batches)
-        return {"optimizer": optimizer, "lr_scheduler": self.make_scheduler(optimizer, total)}
+        schedulers = []
+        total = int(self.trainer.estimated_stepping_batches)  # sets up the training batches
+        if self.make_scheduler is not None:
+            schedulers.append(self.make_scheduler(optimizer, total))
+        # Groups with a schedule of their own (Network.param_groups' decay_epochs), in steps.
+        epochs = {i: g["decay_epochs"] for i, g in enumerate(self._groups) if g.get("decay_epochs")}
+        if epochs:
+            per_epoch = math.ceil(
+                self.trainer.num_training_batches / self.trainer.accumulate_grad_batches
+            )
+            steps = {i: max(1, e * per_epoch) for i, e in epochs.items()}
+            schedulers.append({"scheduler": GroupDecay(optimizer, steps), "interval": "step"})
+        return [optimizer], schedulers
 
     def build_optimizer(self) -> torch.optim.Optimizer:
         """The optimizer over the network's parameter groups (Network.param_groups)."""
         net = self.net
         groups = net.param_groups() if isinstance(net, Network) else default_param_groups(net)
+        self._groups = groups
         scales = [float(g.get("lr_scale", 1.0)) for g in groups]
-        optimizer = self.make_optimizer([{k: v for k, v in g.items() if k != "lr_scale"}
+        own = ("lr_scale", "decay_epochs")  # read here, not options of the optimizer
+        optimizer = self.make_optimizer([{k: v for k, v in g.items() if k not in own}
                                          for g in groups])  # fmt: skip
         for group, scale in zip(optimizer.param_groups, scales, strict=True):
             if scale != 1.0:

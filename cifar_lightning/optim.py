@@ -247,3 +247,8 @@ class Muon(Optimizer):
         p.mul_(len(p) ** 0.5 / p.norm())
         update = orthogonalize(grad.reshape(len(grad), -1), group["ns_steps"])
         p.add_(update.view_as(p), alpha=-lr)
+
+
+# Optimizers with a learning rate besides `lr` (Muon's filter_lr, AdamToSGD's sgd_lr), which
+# Lightning's LR range test (tune_lr=true) would not scale along with it.
+MULTI_LR = (AdamToSGD, Muon)

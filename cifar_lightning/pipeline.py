@@ -14,10 +14,13 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from cifar_lightning import checkpoint, memory, results
+from cifar_lightning import checkpoint, memory, provenance, results
 from cifar_lightning.data import CIFAR10DataModule
 from cifar_lightning.errors import UserError
+from cifar_lightning.evaluation import score
+from cifar_lightning.health import HealthCheck
 from cifar_lightning.module import Classifier
+from cifar_lightning.optim import MULTI_LR
 from cifar_lightning.report.console import print_report
 
 log = logging.getLogger("cifar_lightning")
@@ -44,10 +47,28 @@ def build(cfg: DictConfig, seed: int) -> tuple[CIFAR10DataModule, Classifier]:
     return datamodule, module
 
 
-def make_trainer(cfg: DictConfig, callbacks: list[L.Callback], out: Path) -> L.Trainer:
-    loggers = [instantiate(c) for c in (cfg.logger or {}).values()]
+def build_callbacks(
+    cfg: DictConfig, datamodule: CIFAR10DataModule
+) -> tuple[list[L.Callback], HealthCheck | None, ModelCheckpoint | None]:
+    """train.py's callbacks: the config's, then the health checks. Also returns the health
+    check and the best-by-validation checkpoint callback (None without a validation split)."""
+    callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c is not None]
+    health = instantiate(cfg.health)
+    if health is not None:
+        callbacks.append(health)
+    best = next((c for c in callbacks if isinstance(c, ModelCheckpoint) and c.monitor), None)
+    if best is not None and not datamodule.has_val:
+        best.monitor = None  # no validation split: the last epoch is the one to test
+        best = None
+    return callbacks, health, best
+
+
+def make_trainer(
+    trainer_cfg: DictConfig, logger_cfg: DictConfig | None, callbacks: list[L.Callback], out: Path
+) -> L.Trainer:
+    loggers = [instantiate(c) for c in (logger_cfg or {}).values()]
     return instantiate(
-        cfg.trainer,
+        trainer_cfg,
         callbacks=callbacks,
         logger=loggers,
         default_root_dir=out,
@@ -76,22 +97,76 @@ def tune_lr(trainer: L.Trainer, module: Classifier, datamodule: CIFAR10DataModul
     """Lightning's LR range test on the training data; the suggestion replaces optimizer.lr."""
     from pytorch_lightning.tuner import Tuner
 
+    # The range test sets one lr for every group; a recipe with several (scaled groups, Muon's
+    # filter_lr, adam_to_sgd's sgd_lr) would silently lose their ratios.
+    optimizer = module.build_optimizer()
+    if len(optimizer.param_groups) > 1 or isinstance(optimizer, MULTI_LR):
+        raise UserError(
+            f"tune_lr=true tunes one learning rate, but this recipe's optimizer "
+            f"({type(optimizer).__name__}) has {len(optimizer.param_groups)} parameter group(s) "
+            f"or a second learning rate whose ratio the range test would lose. Search "
+            f"optimizer.lr with a sweep (python train.py -m optimizer.lr=...) or "
+            f"hparams_search=optuna_lr instead."
+        )
+
     module.lr = None  # the finder writes its suggestion here; configure_optimizers reads it
     finder = Tuner(trainer).lr_find(module, datamodule=datamodule, attr_name="lr", update_attr=True)
     log.info("tune_lr: suggested learning rate %.3g", finder.suggestion())
 
 
-def save_results(out: Path, test: dict, health: Any, **fields: Any) -> None:
-    """results.json (the outputs contract) and the confusion matrix, for train.py and eval.py."""
+def after_fit_figures(
+    trainer: L.Trainer, module: Classifier, datamodule: CIFAR10DataModule
+) -> dict[str, float | None]:
+    """Figures of the tested model beyond the test stage: its accuracy on the validation split
+    with the run's TTA (what a recipe is selected by), on a fixed subset of the training split
+    in eval mode without augmentation or TTA (its clean training accuracy), and on the test set
+    without TTA (the gap train_acc_clean - test_acc_plain compares one model measured one way).
+    The debug limits on test batches apply here too."""
+    trainer.limit_predict_batches = trainer.limit_test_batches
+    tta = module.tta_level
+    figures: dict[str, float | None] = {"val_acc": None, "val_loss": None}
+    if datamodule.has_val:
+        figures["val_acc"], figures["val_loss"] = score(
+            trainer, module, datamodule.eval_loader("val"), tta
+        )
+    clean = score(trainer, module, datamodule.eval_loader("train_clean"), 0)
+    figures["train_acc_clean"], figures["train_loss_clean"] = clean
+    return figures
+
+
+def test_plain(
+    trainer: L.Trainer, module: Classifier, datamodule: CIFAR10DataModule, test: dict
+) -> dict[str, float]:
+    """Test accuracy and loss without TTA: the test's own when it ran without TTA."""
+    if module.tta_level == 0:
+        return {"test_acc_plain": test["test_acc"], "test_loss_plain": test["test_loss"]}
+    acc, loss = score(trainer, module, datamodule.eval_loader("test"), 0)
+    return {"test_acc_plain": acc, "test_loss_plain": loss}
+
+
+def save_results(
+    out: Path,
+    test: dict | None,
+    health: Any,
+    trainer: L.Trainer,
+    datamodule: CIFAR10DataModule,
+    **fields: Any,
+) -> None:
+    """results.json (the outputs contract) and the confusion matrix, for train.py and eval.py.
+    test=None (test=false): the test fields are null and no confusion matrix is drawn."""
+    test = test or {}
     summary = {
-        "test_acc": test["test_acc"],
-        "test_loss": test["test_loss"],
-        "per_class_acc": test["per_class_acc"],
+        "test_acc": test.get("test_acc"),
+        "test_loss": test.get("test_loss"),
+        "per_class_acc": test.get("per_class_acc"),
         **fields,
         "overrides": list(HydraConfig.get().overrides.task),
         "health": health.findings if health is not None else [],
+        "provenance": provenance.collect(
+            str(trainer.precision), datamodule.fingerprint, datamodule.sizes
+        ),
     }
-    results.save(out, summary, test["confusion_matrix"])
+    results.save(out, summary, test.get("confusion_matrix"))
 
 
 def _scalar(metrics: dict, key: str) -> float | None:
@@ -110,14 +185,8 @@ def train(cfg: DictConfig) -> float | None:
 
     ckpt_path = resume_path(cfg, out)
 
-    callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c is not None]
-    health = instantiate(cfg.health)
-    if health is not None:
-        callbacks.append(health)
-    ckpt_cb = next((c for c in callbacks if isinstance(c, ModelCheckpoint) and c.monitor), None)
-    if ckpt_cb is not None and not datamodule.has_val:
-        ckpt_cb.monitor = None  # no validation split: the last epoch is the one to test
-    trainer = make_trainer(cfg, callbacks, out)
+    callbacks, health, ckpt_cb = build_callbacks(cfg, datamodule)
+    trainer = make_trainer(cfg.trainer, cfg.logger, callbacks, out)
 
     fit_seconds, train_metrics = None, {}
     if cfg.train and cfg.tune_lr:
@@ -132,9 +201,10 @@ def train(cfg: DictConfig) -> float | None:
     if cfg.train and ckpt_cb is not None and ckpt_cb.best_model_path:
         tested = ckpt_cb.best_model_path
     elif cfg.train and not trainer.fast_dev_run:
-        # No best-by-validation checkpoint (no model_checkpoint callback): the model after the
-        # last step is the one to test. Saved after fit, so end-of-training callbacks (weight
-        # averaging) are in it, and eval.py can reproduce the test.
+        # No best-by-validation checkpoint (no validation split, or no model_checkpoint
+        # callback): the model after the last step is the one to test. Saved after fit, so
+        # end-of-training callbacks (weight averaging) are in it, and eval.py can reproduce the
+        # test.
         tested = str(out / "checkpoints" / "last.ckpt")
         trainer.save_checkpoint(tested)
     elif not cfg.train and ckpt_path is not None:
@@ -145,14 +215,18 @@ def train(cfg: DictConfig) -> float | None:
         log.warning("no checkpoint was written (fast_dev_run?): testing the weights in memory")
 
     best_val = None
-    if ckpt_cb is not None and ckpt_cb.monitor is not None and ckpt_cb.best_model_score is not None:
+    if ckpt_cb is not None and ckpt_cb.best_model_score is not None:
         best_val = float(ckpt_cb.best_model_score)
-    if not cfg.test:
-        return best_val
-    test = run_test(trainer, module, datamodule)
+    datamodule.setup("test")  # a run with train=false has not loaded the data yet
+    test = run_test(trainer, module, datamodule) if cfg.test else None
+    figures = after_fit_figures(trainer, module, datamodule)
+    if test is not None:
+        figures.update(test_plain(trainer, module, datamodule, test))
     if trainer.is_global_zero:
         save_results(
-            out, test, health,
+            out, test, health, trainer, datamodule,
+            tta_level=module.tta_level,
+            **figures,
             train_acc=_scalar(train_metrics, "train/acc"),
             train_loss=_scalar(train_metrics, "train/loss"),
             best_val_acc=best_val,
@@ -165,16 +239,18 @@ def train(cfg: DictConfig) -> float | None:
 
 
 def evaluate(cfg: DictConfig) -> float:
-    """Re-test a checkpoint with the config it was trained with."""
+    """Re-test a checkpoint exactly as its training run tested it: the run's own config for the
+    data, model and trainer (precision, TTA, batch sizes, limits); only the data folder
+    (data.root) and the device (trainer.accelerator/devices/strategy/num_nodes) may change."""
     out = output_dir()
     ckpt = checkpoint.load(cfg.ckpt_path)
     run_cfg = OmegaConf.create(ckpt.get("run_config") or {})
-    if "data" not in run_cfg:
+    if "data" not in run_cfg or "trainer" not in run_cfg:
         raise UserError(
             f"{cfg.ckpt_path} holds no run config; eval.py reads checkpoints that train.py wrote."
         )
-    if cfg.data_root is not None:
-        run_cfg.data.root = cfg.data_root
+    if cfg.data.root is not None:
+        run_cfg.data.root = cfg.data.root
     # The training run's seed (a drawn one, seed=null, is not in its config: the test set does
     # not depend on it).
     datamodule, module = build(run_cfg, run_cfg.get("seed") or 0)
@@ -186,11 +262,20 @@ def evaluate(cfg: DictConfig) -> float:
     health = instantiate(cfg.health)
     if health is not None:
         health.reference_acc = best_val  # what the model showed when it was trained
-    trainer = make_trainer(cfg, [health] if health is not None else [], out)
+    trainer_cfg = run_cfg.trainer
+    for key, value in cfg.trainer.items():  # the device may differ from the training run's
+        if value is not None:
+            trainer_cfg[key] = value
+    trainer = make_trainer(trainer_cfg, cfg.logger, [health] if health is not None else [], out)
+    datamodule.setup("test")
     test = run_test(trainer, module, datamodule)
+    figures = after_fit_figures(trainer, module, datamodule)
+    figures.update(test_plain(trainer, module, datamodule, test))
     if trainer.is_global_zero:
         save_results(
-            out, test, health,
+            out, test, health, trainer, datamodule,
+            tta_level=module.tta_level,
+            **figures,
             train_acc=None,  # training metrics live in the training run's results.json
             train_loss=None,
             best_val_acc=best_val,

@@ -54,8 +54,9 @@ def plot_confusion(matrix: Sequence[Sequence[int]], names: Sequence[str], path: 
     plt.close(fig)
 
 
-def save(out_dir: Path, results: dict[str, Any], confusion: Sequence[Sequence[int]]) -> None:
-    names = list(results["per_class_acc"])
-    plot_confusion(confusion, names, out_dir / "confusion_matrix.png")
+def save(out_dir: Path, results: dict[str, Any], confusion: Sequence[Sequence[int]] | None) -> None:
+    """results.json, and the test's confusion matrix when there was a test."""
+    if confusion is not None:
+        plot_confusion(confusion, list(results["per_class_acc"]), out_dir / "confusion_matrix.png")
     write_json(out_dir / RESULTS_NAME, results)
     log.info("results: %s", out_dir / RESULTS_NAME)

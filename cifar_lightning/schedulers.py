@@ -7,7 +7,7 @@ returns a Lightning scheduler config, so no config hard-codes a schedule length.
 from __future__ import annotations
 
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, OneCycleLR
+from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, LRScheduler, OneCycleLR
 
 
 def onecycle(
@@ -62,3 +62,21 @@ def triangle(
     """airbench94's warm-up then linear decay."""
     sched = LambdaLR(optimizer, _Triangle(total_steps, start, peak, end))
     return {"scheduler": sched, "interval": "step"}
+
+
+class GroupDecay(LRScheduler):
+    """Linear decay to zero over its own number of steps for some parameter groups (a network's
+    group with "decay_epochs", e.g. airbench94_muon's whitening bias), after which their lr
+    stays 0. Runs after the run's schedule at every step, and leaves the other groups' lr as
+    that schedule set it. decay_steps: {group index: steps}."""
+
+    def __init__(self, optimizer: Optimizer, decay_steps: dict[int, int]) -> None:
+        self.decay_steps = decay_steps
+        super().__init__(optimizer)
+
+    def get_lr(self) -> list[float]:
+        groups = self.optimizer.param_groups
+        lrs = [group["lr"] for group in groups]
+        for i, steps in self.decay_steps.items():
+            lrs[i] = self.base_lrs[i] * max(0.0, 1 - self.last_epoch / steps)
+        return lrs

@@ -116,19 +116,66 @@ def test_multirun_gives_each_job_its_folder_and_survives_a_failing_job(
     assert "data.val_size=100000 must be between" in proc.stdout + proc.stderr
 
 
-def test_fast_cpu_recipe_learns_on_the_device_loader(folder_root: Path, tmp_path: Path):
+def test_fast_cpu_recipe_learns_and_eval_repeats_its_bf16_tta_test(folder_root: Path, tmp_path):
+    # fast_cpu tests in bf16-mixed with TTA: eval.py must take the run's precision and TTA and
+    # print the very same figures, and the results carry the after-fit figures.
+    run = tmp_path / "train"
     proc = run_cli(
         "train.py",
         "experiment=fast_cpu",
         f"data.root={folder_root}",
         "data.batch_size=64",
+        "data.val_size=50",
         "trainer.max_epochs=4",
-        f"hydra.run.dir={tmp_path}",
+        f"hydra.run.dir={run}",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    results = json.loads((tmp_path / "results.json").read_text())
+    results = json.loads((run / "results.json").read_text())
     assert results["test_acc"] > 0.3, results  # chance is 0.1
     assert results["best_val_acc"] is None and results["checkpoint"].endswith("last.ckpt")
+    assert results["tta_level"] == 2 and results["provenance"]["precision"] == "bf16-mixed"
+    assert 0.3 < results["val_acc"] <= 1 and 0.3 < results["train_acc_clean"] <= 1
+    assert results["provenance"]["data"] == {
+        "fingerprint": results["provenance"]["data"]["fingerprint"], "train": 350, "val": 50,
+        "test": 100,
+    }  # fmt: skip
+    evaluated = tmp_path / "eval"
+    again = run_cli("eval.py", f"ckpt_path={results['checkpoint']}", f"data.root={folder_root}",
+                    f"hydra.run.dir={evaluated}")  # fmt: skip
+    assert again.returncode == 0, again.stderr[-3000:]
+
+    def report(out: str) -> list[str]:
+        keep = ("Total Accuracy:", "Accuracy for class")
+        return [
+            line.split(" - ", 1)[1]
+            for line in out.splitlines()
+            if line.split(" - ")[-1].startswith(keep)
+        ]
+
+    lines = report(proc.stdout + proc.stderr)
+    assert len(lines) == 11 and lines == report(again.stdout + again.stderr)
+    repeated = json.loads((evaluated / "results.json").read_text())
+    for key in ("test_acc", "per_class_acc", "test_acc_plain", "val_acc", "train_acc_clean"):
+        assert repeated[key] == results[key], key
+
+
+def test_eval_takes_the_data_folder_as_train_py_does(trained_run: Path, tmp_path: Path):
+    proc = run_cli("eval.py", f"ckpt_path={trained_run / 'checkpoints/last.ckpt'}",
+                   "data_root=elsewhere", f"hydra.run.dir={tmp_path}")  # fmt: skip
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "data.root=PATH" in proc.stderr
+
+
+def test_a_run_without_test_still_writes_its_results(folder_root: Path, tmp_path: Path):
+    proc = run_cli("train.py", f"data.root={folder_root}", *FAST, "trainer.max_epochs=1",
+                   "test=false", f"hydra.run.dir={tmp_path}")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["test_acc"] is None and results["per_class_acc"] is None
+    assert "test_acc_plain" not in results and results["best_val_acc"] is not None
+    assert results["train_acc_clean"] is not None and results["val_acc"] is not None
+    assert not (tmp_path / "confusion_matrix.png").exists()
 
 
 def test_ddp_on_two_cpu_processes_counts_every_test_image_once(tmp_path: Path):

@@ -182,3 +182,52 @@ def test_the_network_and_optimizer_hooks_are_called(folder_root, tmp_path):
     trainer.fit(module, datamodule=dm)
     assert net.calls == [("init_from_data", (7, 3, 32, 32)), ("epoch", 0), ("epoch", 1)]
     assert trainer.optimizers[0].epochs == [0, 1]
+
+
+class LrRecorder(L.Callback):
+    def __init__(self) -> None:
+        self.lrs: list[list[float]] = []  # per step, before the optimizer step: each group's lr
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: ANN001
+        self.lrs.append([g["lr"] for g in trainer.optimizers[0].param_groups])
+
+
+def test_the_whitening_bias_group_decays_to_zero_over_its_epochs_then_freezes(
+    folder_root, tmp_path
+):
+    # airbench94_muon's grouping: whitening bias at 64x the lr, linear to zero over its epochs
+    # (here 1 epoch of 4 steps), while the rest follows the run's schedule over all 12 steps.
+    from cifar_lightning.schedulers import linear
+
+    net = FastNet(widths=(8, 16, 16), whiten_bias_epochs=1, norm_bias_lr_scale=64.0,
+                  whiten_bias_lr_scale=64.0)  # fmt: skip
+    make_optimizer = partial(Muon, lr=0.1, momentum=0.85, weight_decay=2.4e-3, filter_lr=0.2)
+    module = Classifier(net, make_optimizer, scheduler=linear)
+    dm = CIFAR10DataModule(root=str(folder_root), download=False, batch_size=50, val_size=50,
+                           num_workers=0, loader="device")  # fmt: skip
+    record = LrRecorder()
+    trainer = L.Trainer(accelerator="cpu", max_epochs=3, limit_train_batches=4, logger=False,
+                        default_root_dir=tmp_path, enable_progress_bar=False, callbacks=[record],
+                        enable_checkpointing=False, num_sanity_val_steps=0)  # fmt: skip
+    trainer.fit(module, datamodule=dm)
+    groups = trainer.optimizers[0].param_groups
+    assert [len(g["params"]) for g in groups][2] == 1 and groups[2]["params"][0] is net.whiten.bias
+    assert groups[2]["weight_decay"] == pytest.approx(2.4e-3 / 64)
+    for step, (others, norm, whiten) in enumerate(record.lrs):
+        assert others == pytest.approx(0.1 * (1 - step / 12))
+        assert norm == pytest.approx(6.4 * (1 - step / 12))
+        assert whiten == pytest.approx(6.4 * max(0.0, 1 - step / 4))
+    assert len(record.lrs) == 12
+    assert not net.whiten.bias.requires_grad  # frozen after its epoch
+
+
+def test_tune_lr_refuses_a_recipe_with_several_learning_rates():
+    from cifar_lightning.errors import UserError
+    from cifar_lightning.pipeline import tune_lr
+
+    module = Classifier(FastNet(widths=(8, 16, 16), norm_bias_lr_scale=64.0), OPTIMIZERS[0])
+    with pytest.raises(UserError, match="tune_lr=true tunes one learning rate.*2 parameter"):
+        tune_lr(None, module, None)
+    muon = Classifier(FastNet(widths=(8, 16, 16)), partial(Muon, lr=0.1))
+    with pytest.raises(UserError, match=r"\(Muon\)"):
+        tune_lr(None, muon, None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,18 @@ from cifar_lightning.data.device_loader import DeviceBatches
 from cifar_lightning.data.order import EpochOrder, derive_seed
 from cifar_lightning.data.sources import load_splits, prepare_cache
 from cifar_lightning.errors import DataError, UserError
+
+
+def worker_start_method() -> str | None:
+    """How DataLoader workers are started: the platform's default (None), except inside a
+    joblib worker (hydra/launcher=joblib). joblib's loky workers make "loky" the default start
+    method, which cannot start torch's worker processes ("'Process' object has no attribute
+    'env'"); "spawn" and "forkserver" children fail too, as they inherit "loky" as their start
+    method without loky to provide it. "fork" works (the default on Linux up to Python 3.13)."""
+    method = multiprocessing.get_start_method(allow_none=True)
+    if method is None or method in ("fork", "forkserver", "spawn"):
+        return None
+    return "fork"
 
 
 class ImageTensorDataset(Dataset):
@@ -79,26 +92,43 @@ class EpochSampler(Sampler[int]):
 class ResumableLoader(DataLoader):
     """A DataLoader over an EpochSampler (whose EpochOrder has the loader's batch_size and
     drop_last) that Lightning can checkpoint mid-epoch (state_dict/load_state_dict): a resumed
-    run continues with the next batch of the same epoch instead of restarting it."""
+    run continues with the next batch of the same epoch instead of restarting it.
 
-    sampler: EpochSampler
+    The position lives in the EpochSampler. Lightning may rebuild the loader around a sampler
+    of its own (trainer.overfit_batches swaps in a SequentialSampler, use_distributed_sampler a
+    DistributedSampler): such a loader iterates plainly and has no resumable state (an empty
+    state_dict, and an empty one loads as nothing).
+    """
+
+    def _order(self) -> EpochOrder | None:
+        return self.sampler.order if isinstance(self.sampler, EpochSampler) else None
 
     def __iter__(self) -> Iterator:
-        order = self.sampler.order
+        order = self._order()
         for batch in super().__iter__():
-            order.advance()  # before the yield (see EpochOrder.advance)
+            if order is not None:
+                order.advance()  # before the yield (see EpochOrder.advance)
             yield batch
 
     def state_dict(self) -> dict[str, int]:
         # Lightning knows this loader's length, so its fetcher does not read ahead to find the
         # epoch's end: every yielded batch has been trained on when a checkpoint is taken
         # (tests/test_resume.py checks this end to end).
-        return self.sampler.order.state_dict()
+        order = self._order()
+        return order.state_dict() if order is not None else {}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
+        order = self._order()
+        if order is None or not state:
+            return
         if "consumed" in state:  # written before both loaders shared EpochOrder
             state = {"epoch": state["epoch"], "position": state["consumed"]}
-        self.sampler.order.load_state_dict(state)
+        order.load_state_dict(state)
+
+
+# Training images in the "train_clean" split: a fixed subset (the first of the training split,
+# whose order is fixed by data.split_seed), evaluated without augmentation after fit.
+CLEAN_TRAIN_IMAGES = 10_000
 
 
 class CIFAR10DataModule(L.LightningDataModule):
@@ -149,10 +179,17 @@ class CIFAR10DataModule(L.LightningDataModule):
         self.train_set: ImageTensorDataset | None = None
         self.val_set: ImageTensorDataset | None = None
         self.test_set: ImageTensorDataset | None = None
+        self.train_clean_set: ImageTensorDataset | None = None
+        self.fingerprint = ""  # of the cached data set (sources.fingerprint), after setup
 
     @property
     def has_val(self) -> bool:
         return self.val_size > 0
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        """Images per split, after setup."""
+        return {name: len(self._split(name)) for name in ("train", "val", "test")}
 
     def prepare_data(self) -> None:
         prepare_cache(self.root, self.download)
@@ -179,11 +216,15 @@ class CIFAR10DataModule(L.LightningDataModule):
         )
         self.val_set = ImageTensorDataset(x[self.val_index], y[self.val_index], eval_tf)
         self.test_set = ImageTensorDataset(splits.test_x, splits.test_y, eval_tf)
+        clean = self.train_index[:CLEAN_TRAIN_IMAGES]
+        self.train_clean_set = ImageTensorDataset(x[clean], y[clean], eval_tf)
+        self.fingerprint = splits.fingerprint
 
     def _options(self) -> dict[str, Any]:
         return {
             "num_workers": self.num_workers,
             "persistent_workers": self.num_workers > 0,
+            "multiprocessing_context": worker_start_method() if self.num_workers > 0 else None,
             "pin_memory": torch.cuda.is_available(),
             # Its own generator: creating an iterator then never draws from the global random
             # stream, which a resumed run must find exactly where the interrupted one left it.
@@ -191,9 +232,10 @@ class CIFAR10DataModule(L.LightningDataModule):
         }
 
     def _split(self, name: str) -> ImageTensorDataset:
-        splits = {"train": self.train_set, "val": self.val_set, "test": self.test_set}
+        splits = {"train": self.train_set, "val": self.val_set, "test": self.test_set,
+                  "train_clean": self.train_clean_set}  # fmt: skip
         if name not in splits:
-            raise ValueError(f"unknown split {name!r}: train, val or test")
+            raise ValueError(f"unknown split {name!r}: train, val, test or train_clean")
         if splits[name] is None:
             raise RuntimeError("call setup() before asking for the data")
         return splits[name]
@@ -245,6 +287,11 @@ class CIFAR10DataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader | DeviceBatches:
         if self.loader == "device":
             return self.device_batches("train", train=True)
+        if self.trainer is not None and self.trainer.overfit_batches > 0:
+            # debug=overfit: the same first batches every epoch. Lightning wants a
+            # SequentialSampler here (it would swap one into the loader itself, with a warning);
+            # a plain loader has no position to resume, which a few memorised batches do not need.
+            return DataLoader(self.train_set, batch_size=self.batch_size, **self._options())
         # The datamodule shards for DDP itself (trainer use_distributed_sampler: false), so its
         # sampler keeps control of the order and the per-draw augmentation seeds.
         rank, world = self._world()
@@ -257,12 +304,14 @@ class CIFAR10DataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader | DeviceBatches | list:
         # An empty list tells Lightning there is no validation (data.val_size=0).
-        return self._eval_loader("val") if self.has_val else []
+        return self.eval_loader("val") if self.has_val else []
 
     def test_dataloader(self) -> DataLoader | DeviceBatches:
-        return self._eval_loader("test")
+        return self.eval_loader("test")
 
-    def _eval_loader(self, name: str) -> DataLoader | DeviceBatches:
+    def eval_loader(self, name: str) -> DataLoader | DeviceBatches:
+        """In-order, normalised-only batches of a split: "val", "test", or "train_clean" (the
+        first CLEAN_TRAIN_IMAGES images of the training split, the same for every run)."""
         if self.loader == "device":
             return self.device_batches(name, train=False)
         dataset = self._split(name)

@@ -14,7 +14,10 @@ Its Network hooks (cifar_lightning/models/network.py) are how the LightningModul
     checkpoint carries the whitening weights, and data_init_size is then 0;
   * on_train_epoch_start: the whitening bias trains for the first `whiten_bias_epochs` epochs;
   * param_groups: with norm_bias_lr_scale != 1, the batch-norm biases form a group of their own
-    at that many times the learning rate (airbench's bias_scaler: 64).
+    at that many times the learning rate (airbench's bias_scaler: 64); with whiten_bias_lr_scale
+    set, the whitening bias forms another, whose learning rate falls linearly to zero over its
+    `whiten_bias_epochs` (airbench94_muon's grouping). Without it, the whitening bias trains in
+    the first group on the run's schedule until it freezes (airbench94's).
 """
 
 from __future__ import annotations
@@ -78,6 +81,7 @@ class FastNet(Network):
         bn_momentum: float = 0.4,
         whiten_eps: float = 5e-4,
         norm_bias_lr_scale: float = 1.0,
+        whiten_bias_lr_scale: float | None = None,
     ) -> None:
         """widths: output channels of the conv groups. whiten_bias_epochs: epochs during which
         the whitening layer's bias trains (then it is frozen). scaling: multiplies the logits.
@@ -86,13 +90,16 @@ class FastNet(Network):
         PyTorch. whiten_eps: added to the patch-covariance eigenvalues before 1/sqrt.
         norm_bias_lr_scale: the batch-norm biases' learning rate relative to the other
         parameters' (airbench: BN biases learn 64x faster), weight decay scaled down by the same
-        factor (see param_groups)."""
+        factor (see param_groups). whiten_bias_lr_scale: None, the whitening bias is one of the
+        other parameters; a number, it is a group of its own at that lr scale whose learning rate
+        decays linearly to zero over whiten_bias_epochs."""
         super().__init__()
         widths = [int(w) for w in widths]
         self.whiten_bias_epochs = whiten_bias_epochs
         self.whiten_eps = whiten_eps
         self.scaling = scaling
         self.norm_bias_lr_scale = norm_bias_lr_scale
+        self.whiten_bias_lr_scale = whiten_bias_lr_scale
 
         # 2x2 patches of 3 channels have 12 dimensions; each gets a +v and a -v filter, so that
         # the GELU after it keeps both signs of every whitened direction.
@@ -160,17 +167,25 @@ class FastNet(Network):
         self.whiten.bias.requires_grad_(epoch < self.whiten_bias_epochs)
 
     def param_groups(self) -> list[dict[str, Any]]:
-        params = [p for p in self.parameters() if p.requires_grad]
-        if self.norm_bias_lr_scale == 1.0:
-            return [{"params": params, "lr_scale": 1.0}]
-        # The batch-norm biases at a scaled lr (airbench's grouping); the whitening bias and
-        # everything else at the optimizer's own.
-        norm_biases = {id(m.bias) for m in self.modules() if isinstance(m, nn.BatchNorm2d)}
-        return [
-            {"params": [p for p in params if id(p) not in norm_biases], "lr_scale": 1.0},
-            {"params": [p for p in params if id(p) in norm_biases],
-             "lr_scale": self.norm_bias_lr_scale},
-        ]  # fmt: skip
+        groups = [{"params": [], "lr_scale": 1.0}]
+        moved = {}  # id(parameter) -> the group it leaves the first one for
+        if self.norm_bias_lr_scale != 1.0:
+            # The batch-norm biases at a scaled lr (airbench's grouping).
+            norm = {"params": [], "lr_scale": self.norm_bias_lr_scale}
+            biases = [m.bias for m in self.modules() if isinstance(m, nn.BatchNorm2d)]
+            moved.update((id(b), norm) for b in biases)
+            groups.append(norm)
+        if self.whiten_bias_lr_scale is not None:
+            # airbench94_muon: the whitening bias at the biases' lr, decaying to zero over the
+            # epochs it trains (the Classifier turns decay_epochs into steps).
+            whiten = {"params": [], "lr_scale": self.whiten_bias_lr_scale,
+                      "decay_epochs": self.whiten_bias_epochs}  # fmt: skip
+            moved[id(self.whiten.bias)] = whiten
+            groups.append(whiten)
+        for p in self.parameters():
+            if p.requires_grad:
+                moved.get(id(p), groups[0])["params"].append(p)
+        return groups
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.act(self.whiten(x))
