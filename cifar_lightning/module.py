@@ -10,6 +10,7 @@ import pytorch_lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchmetrics import MeanMetric
 from torchmetrics.classification import (
     MulticlassAccuracy,
     MulticlassConfusionMatrix,
@@ -59,6 +60,8 @@ class Classifier(L.LightningModule):
         # One metric object per stage: their states never mix.
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.train_acc.persistent(True)  # a mid-epoch resume keeps the epoch's running counts
+        self.train_loss = MeanMetric()  # the epoch's mean loss, in checkpoints for the same reason
+        self.train_loss.persistent(True)
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_class_acc = MulticlassAccuracy(num_classes, average=None)
@@ -134,7 +137,8 @@ class Classifier(L.LightningModule):
         preds = logits.detach().argmax(1)
         self.train_acc(preds, y)
         # Epoch-level only: values stay on the device, no .item() sync per step.
-        self.log("train/loss", loss.detach(), on_step=False, on_epoch=True, prog_bar=True)
+        self.train_loss.update(loss.detach(), weight=len(y))
+        self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, prog_bar=True)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
         return {"loss": loss, "preds": preds}  # predictions feed the health checks
 

@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from cifar_lightning import checkpoint, memory, provenance, results
+from cifar_lightning import checkpoint, memory, provenance, results, sweep
 from cifar_lightning.data import CIFAR10DataModule
 from cifar_lightning.errors import UserError
 from cifar_lightning.evaluation import score
@@ -177,13 +177,18 @@ def train(cfg: DictConfig) -> float | None:
     """Fit, then test the best checkpoint. Returns the best val/acc (what a sweeper optimises:
     the test set never shapes model selection)."""
     out = output_dir()
+    # A job continues from what its folder holds (a rerun sweep, a requeued SLURM job): skipped
+    # when finished, before anything (the CSV logger) writes there; else resumed from last.ckpt.
+    job = sweep.check_job(cfg, out)
+    if job.state == sweep.DONE:
+        return job.results.get("best_val_acc")
     if cfg.retain_cpu_memory and not memory.retain_freed_memory():
         log.info("retain_cpu_memory: not glibc, left to the C library's allocator")
     seed = L.seed_everything(cfg.seed, workers=True)
     datamodule, module = build(cfg, seed)
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
 
-    ckpt_path = resume_path(cfg, out)
+    ckpt_path = str(job.ckpt) if job.state == sweep.RESUME else resume_path(cfg, out)
 
     callbacks, health, ckpt_cb = build_callbacks(cfg, datamodule)
     trainer = make_trainer(cfg.trainer, cfg.logger, callbacks, out)

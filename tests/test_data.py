@@ -49,11 +49,40 @@ def test_cache_is_reused_without_the_source(tmp_path):
     root = write_folder_layout(tmp_path / "d", n_train=4, n_test=2)
     cache = sources.prepare_cache(root, allow_download=False)
     before = cache.stat().st_mtime_ns
-    shutil.rmtree(root / "train")  # the cache alone is enough from now on
+    shutil.rmtree(root / "train")  # without its source, the cache alone is the data
+    shutil.rmtree(root / "test")
     assert sources.prepare_cache(root, allow_download=False) == cache
     assert cache.stat().st_mtime_ns == before
     assert len(sources.load_splits(root).train_y) == 40
     assert not list(root.glob(".*.tmp")), "no temporary file left behind"
+
+
+def test_a_cache_rebuilds_when_its_source_changes(tmp_path, caplog):
+    root = write_folder_layout(tmp_path / "d", n_train=3, n_test=1)
+    sources.prepare_cache(root, allow_download=False)
+    first = sources.load_splits(root)
+    assert len(first.train_y) == 30 and len(first.fingerprint) == 32
+    cat = root / "train" / "cat"
+    images = sorted(cat.iterdir())
+
+    def rebuilt() -> sources.Splits:
+        caplog.clear()
+        sources.prepare_cache(root, allow_download=False)
+        assert "rebuilding the data cache" in caplog.text
+        return sources.load_splits(root)
+
+    shutil.copy(images[0], cat / "added.png")  # added
+    assert len(rebuilt().train_y) == 31
+    (cat / "added.png").unlink()  # removed
+    assert rebuilt().fingerprint == first.fingerprint
+    other = sorted((root / "train" / "dog").iterdir())[0]
+    shutil.copy(other, images[1])  # replaced (same name, new content)
+    changed = rebuilt()
+    assert changed.fingerprint != first.fingerprint
+    assert torch.equal(changed.train_x[len(images) * 3 + 1], first.train_x[len(images) * 5])
+    caplog.clear()
+    sources.prepare_cache(root, allow_download=False)  # unchanged since: used as it is
+    assert "rebuilding" not in caplog.text
 
 
 def test_damaged_cache_is_reported(tmp_path):

@@ -71,5 +71,5 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(folder_root,
         assert torch.equal(value, b["state_dict"][key]), f"{key} differs (killed at {killed_at})"
     ra = json.loads((whole / "results.json").read_text())
     rb = json.loads((resumed / "results.json").read_text())
-    for key in ("test_acc", "per_class_acc", "best_val_acc", "train_acc", "epochs"):
+    for key in ("test_acc", "per_class_acc", "best_val_acc", "train_acc", "train_loss", "epochs"):
         assert ra[key] == rb[key], key

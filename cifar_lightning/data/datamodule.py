@@ -181,6 +181,8 @@ class CIFAR10DataModule(L.LightningDataModule):
         self.test_set: ImageTensorDataset | None = None
         self.train_clean_set: ImageTensorDataset | None = None
         self.fingerprint = ""  # of the cached data set (sources.fingerprint), after setup
+        self._train_order: EpochOrder | None = None  # of the training batches last handed out
+        self._resume_order: dict[str, int] | None = None  # from a checkpoint, see load_state_dict
 
     @property
     def has_val(self) -> bool:
@@ -284,9 +286,27 @@ class CIFAR10DataModule(L.LightningDataModule):
         """The first n training images (a random draw), normalised, never augmented."""
         return normalize(self.train_set.x[:n], self.augment.mean, self.augment.std)
 
+    # The training position also travels as the datamodule's state, which Lightning restores
+    # before configure_optimizers. It restores the loaders' own state only when it builds them
+    # itself, which it skips once a schedule sized by estimated_stepping_batches built them:
+    # such runs resumed mid-epoch from the epoch's start. Applying both states is harmless.
+    def state_dict(self) -> dict[str, Any]:
+        return {"train_order": self._train_order.state_dict()} if self._train_order else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._resume_order = state.get("train_order")
+
+    def _track(self, order: EpochOrder) -> None:
+        if self._resume_order is not None:
+            order.load_state_dict(self._resume_order)
+            self._resume_order = None
+        self._train_order = order
+
     def train_dataloader(self) -> DataLoader | DeviceBatches:
         if self.loader == "device":
-            return self.device_batches("train", train=True)
+            batches = self.device_batches("train", train=True)
+            self._track(batches.order)
+            return batches
         if self.trainer is not None and self.trainer.overfit_batches > 0:
             # debug=overfit: the same first batches every epoch. Lightning wants a
             # SequentialSampler here (it would swap one into the loader itself, with a warning);
@@ -297,6 +317,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         rank, world = self._world()
         order = EpochOrder(len(self.train_set), shuffle=True, seed=self.seed,
                            batch_size=self.batch_size, rank=rank, world_size=world)  # fmt: skip
+        self._track(order)
         sampler = EpochSampler(order)
         return ResumableLoader(
             self.train_set, batch_size=self.batch_size, sampler=sampler, **self._options()

@@ -1,4 +1,4 @@
-"""The seed experiment's CNN (SEED.md), with the padding its head needs."""
+"""The seed experiment's CNN (docs/seed.md), with the padding its head needs."""
 
 from __future__ import annotations
 
