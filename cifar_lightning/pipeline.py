@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from cifar_lightning import checkpoint, memory, provenance, results, sweep
+from cifar_lightning import checkpoint, memory, provenance, results, sweep, trackers
 from cifar_lightning.data import CIFAR10DataModule
 from cifar_lightning.errors import UserError
 from cifar_lightning.evaluation import score
@@ -240,6 +240,7 @@ def train(cfg: DictConfig) -> float | None:
             seed=seed,
             checkpoint=tested,
         )  # fmt: skip
+        trackers.log_run_files(trainer, out, module.run_config)
     return best_val
 
 
@@ -289,4 +290,6 @@ def evaluate(cfg: DictConfig) -> float:
             seed=run_cfg.get("seed"),
             checkpoint=str(cfg.ckpt_path),
         )  # fmt: skip
+        run = OmegaConf.to_container(run_cfg, resolve=True)
+        trackers.log_run_files(trainer, out, {**run, "eval": OmegaConf.to_container(cfg)})
     return test["test_acc"]

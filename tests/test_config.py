@@ -140,6 +140,9 @@ def test_logger_options(option, tmp_path: Path):
     cfg = compose_train(f"logger={option}")
     for node in cfg.logger.values():
         node.save_dir = str(tmp_path)
+        if "tracking_uri" in node:  # MLflow opens its store as the logger is built
+            node.tracking_uri = f"sqlite:///{tmp_path}/mlflow.db"
+            node.artifact_location = str(tmp_path / "mlartifacts")
         instantiate(node)
 
 
