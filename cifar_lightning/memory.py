@@ -5,7 +5,7 @@ it adjusts as it goes), and hands freed heap memory back to the OS. A training s
 reallocates the same multi-MB activations and gradients every time, so it keeps touching new
 pages and pays a page fault per 4 KB. With the two settings below, an epoch of the earlier
 fast_cpu recipe (fastnet 48/128/128, batch 512, fp32) on 2 CPU cores took 69.9 s instead of 74.4
-s (benchmarks/loop_overhead.py with and without --no-retain-memory, README "Benchmarks").
+s (benchmarks/loop_overhead.py with and without retain_cpu_memory=false, README "Benchmarks").
 PyTorch's CPU tuning guide reaches the same end by preloading jemalloc or tcmalloc; mallopt
 needs nothing installed. Tensors on a GPU are unaffected (they have CUDA's caching allocator).
 """

@@ -1,46 +1,137 @@
-"""The time-to-accuracy benchmark's summary over seeds and its command line (not its timings)."""
+"""The benchmarks run end to end on tiny synthetic data, in this process (wall_time.py starts
+train.py as a subprocess): what their JSON holds and that their clocks and checks say what they
+should. Their timings are not checked (this machine is shared)."""
+
+import json
+from pathlib import Path
 
 import pytest
+import torch
 
-from benchmarks.time_to_accuracy import parse_args, seed_summary
+from benchmarks import augment_throughput, loop_overhead, time_to_accuracy, wall_time
+
+# fast_cpu, sized for 400 synthetic training images: 8 steps of 50 an epoch.
+TINY = ["data.batch_size=50", "data.eval_batch_size=50", "model.widths=[8,8,8]"]
 
 
-def _run(seed: int, acc: float | None, train_s: float, to_target: float | None) -> dict:
-    return {"seed": seed, "final_test_acc": acc, "train_s": train_s, "fit_setup_s": 1.0,
-            "time_to_target_s": to_target}  # fmt: skip
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny tensors: one thread does them fastest, above all on a busy machine."""
+    before = torch.get_num_threads()
+    yield torch.set_num_threads(1)
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tta_runs(folder_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Two epochs of fast_cpu, with the per-epoch diagnostics and without."""
+    out = tmp_path_factory.mktemp("tta")
+    runs = {}
+    for name, extra in (("eval", []), ("no_eval", ["--no-epoch-eval"])):
+        argv = [f"data.root={folder_root}", *TINY, "trainer.max_epochs=2", *extra,
+                f"--out={out / name}.json"]  # fmt: skip
+        runs[name] = time_to_accuracy.main(argv)
+        assert json.loads((out / f"{name}.json").read_text())["on_clock_s"] == pytest.approx(
+            runs[name]["on_clock_s"]
+        )
+    return runs
+
+
+def test_time_to_accuracy_clock_parts_and_rows(tta_runs):
+    r = tta_runs["eval"]
+    assert list(r["on_clock"]) == ["build_s", "data_s", "fit_setup_s", "train_s", "to_test_s",
+                                   "test_s"]  # fmt: skip
+    assert all(v >= 0 for v in r["on_clock"].values())
+    assert sum(r["on_clock"].values()) == pytest.approx(r["on_clock_s"])
+    assert set(r["off_clock"]) == {"config_s", "epoch_eval_s", "after_test_s"}
+    assert set(r["clock"]["on the clock"]) == set(r["on_clock"])
+    assert {"process", *r["off_clock"]} == set(r["clock"]["off the clock"])
+    rows = r["rows"]
+    assert [row["epoch"] for row in rows] == [1, 2] and rows[-1]["steps"] == 16
+    # A diagnostic after epoch 1; epoch 2's accuracy is the run's own test, on the clock.
+    assert [row["test_acc"] is not None for row in rows] == [True, False]
+    assert r["off_clock"]["epoch_eval_s"] == pytest.approx(sum(row["eval_s"] for row in rows))
+    assert rows[-1]["cum_s"] < r["on_clock_s"]
+    assert r["epochs"] == 2 and 0.0 <= r["final_test_acc"] <= 1.0
+    assert r["target_reached_at"] is None or r["time_to_target_s"] <= r["on_clock_s"]
+
+
+def test_time_to_accuracy_diagnostics_leave_the_training_unchanged(tta_runs):
+    with_eval, without = tta_runs["eval"], tta_runs["no_eval"]
+    assert without["off_clock"]["epoch_eval_s"] == 0.0
+    assert all(row["test_acc"] is None for row in without["rows"])
+    for key in ("train_loss", "train_acc"):
+        assert [r[key] for r in with_eval["rows"]] == [r[key] for r in without["rows"]]
+    assert with_eval["final_test_loss"] == without["final_test_loss"]
+    assert with_eval["final_test_acc"] == without["final_test_acc"]
 
 
 def test_seed_summary_means_and_per_seed_time_to_target(capsys):
-    runs = [_run(0, 0.90, 800.0, 790.0), _run(1, 0.88, 700.0, None), _run(2, None, 0.0, None)]
-    summary = seed_summary(runs)
-    assert summary["seeds"] == [0, 1]  # a run without a finished epoch is left out
+    runs = [
+        {"seed": 0, "final_test_acc": 0.90, "on_clock_s": 800.0, "time_to_target_s": 790.0},
+        {"seed": 1, "final_test_acc": 0.88, "on_clock_s": 700.0, "time_to_target_s": None},
+    ]
+    summary = time_to_accuracy.seed_summary(runs)
     assert summary["mean_final_test_acc"] == pytest.approx(0.89)
-    assert summary["max_train_s"] == 800.0
+    assert summary["max_on_clock_s"] == 800.0
     assert summary["time_to_target_s_per_seed"] == [790.0, None]
     assert "790.00" in capsys.readouterr().out
 
 
-def test_seed_summary_refuses_runs_without_an_epoch():
-    with pytest.raises(SystemExit, match="no run finished an epoch"):
-        seed_summary([_run(0, None, 0.0, None)])
+SEEDS_THEN_OVERRIDES = ["--seeds", "0", "1", "2", "data.root=x", "trainer.max_epochs=2"]
+OVERRIDES_AROUND_SEEDS = ["data.root=x", "--seeds", "0", "1", "2", "trainer.max_epochs=2"]
 
 
-@pytest.mark.parametrize(
-    "argv",
-    [
-        ["--seeds", "0", "1", "2", "data.root=x", "trainer.max_epochs=2"],
-        ["data.root=x", "--seeds", "0", "1", "2", "trainer.max_epochs=2"],
-        ["data.root=x", "trainer.max_epochs=2", "--seeds", "0", "1", "2"],
-    ],
-)
-def test_overrides_may_follow_the_seeds(argv):
-    args = parse_args([*argv, "--out=r=1.json", "~trainer.logger"])
-    assert args.seeds == [0, 1, 2]
+@pytest.mark.parametrize("argv", [SEEDS_THEN_OVERRIDES, OVERRIDES_AROUND_SEEDS])
+def test_overrides_may_follow_the_seeds(argv, capsys):
+    args = time_to_accuracy.parse_args([*argv, "--out=r=1.json", "~trainer.logger"])
+    assert args.seeds == [0, 1, 2] and args.out == "r=1.json"
     assert args.overrides == ["data.root=x", "trainer.max_epochs=2", "~trainer.logger"]
-    assert args.out == "r=1.json"
-
-
-def test_a_seed_that_is_not_a_number_is_refused(capsys):
     with pytest.raises(SystemExit):
-        parse_args(["--seeds", "0", "one"])
+        time_to_accuracy.parse_args(["--seeds", "0", "one"])
     assert "invalid int value: 'one'" in capsys.readouterr().err
+
+
+def test_loop_overhead_bare_and_train_py_configured(folder_root: Path, tmp_path: Path):
+    out = tmp_path / "loop.json"
+    r = loop_overhead.main([f"data.root={folder_root}", *TINY, "--steps", "2", "--repeats", "1",
+                            f"--out={out}"])  # fmt: skip
+    assert json.loads(out.read_text())["train_py_ratio"] == pytest.approx(r["train_py_ratio"])
+    assert r["max_weight_diff"] == 0.0  # Lightning and the plain loop did the same work
+    assert r["steps_per_run"] == 2 and r["steps_per_epoch"] == 8
+    # fast_cpu's train.py trainer: its callbacks (Lightning's progress bar included), its logger.
+    assert {"LastCheckpoint", "HealthCheck", "EpochSummary", "CSVLogger"} <= set(r["features"])
+    assert set(r["feature_costs_s"]) == set(r["features"])
+    assert set(r["fit_s"]) == {"plain", "lightning", "train.py", *(f"+{f}" for f in r["features"])}
+    ratios = r["ratio_to_plain"]
+    assert set(ratios) == set(r["fit_s"]) and ratios["plain"]["median"] == 1
+    assert r["ratio"] == ratios["lightning"]["median"] > 0
+    assert r["train_py_ratio"] == ratios["train.py"]["median"] > 0
+
+
+def test_loop_overhead_refuses_recipes_with_validation(folder_root: Path):
+    with pytest.raises(SystemExit, match="data.val_size=0"):
+        loop_overhead.main([f"data.root={folder_root}", *TINY, "data.val_size=100"])
+
+
+def test_augment_throughput(folder_root: Path, tmp_path: Path):
+    r = augment_throughput.main(["--data-root", str(folder_root), "--presets", "standard",
+                                 "--images", "100", "--batch-size", "50", "--workers", "0",
+                                 "--repeats", "2", "--min-seconds", "0",
+                                 f"--out={tmp_path / 'aug.json'}"])  # fmt: skip
+    [row] = r["rows"]
+    assert row["preset"] == "standard" and r["images"] == 100
+    assert len(row["round_ratios"]) == 2 and row["ratio"] > 0
+    assert all(rnd["passes"] == 1 for rnd in row["device_rounds"])  # --min-seconds 0: one pass
+
+
+def test_wall_time_of_train_py(folder_root: Path, tmp_path: Path, capfd):
+    out = tmp_path / "wall.json"
+    r = wall_time.main([f"--out={out}", "--", "experiment=fast_cpu", f"data.root={folder_root}",
+                        *TINY, "trainer.max_epochs=1"])  # fmt: skip
+    assert r["returncode"] == 0 and r["wall_s"] > 0 and r["epochs"] == 1
+    assert 0.0 <= r["test_acc"] <= 1.0
+    assert json.loads(out.read_text())["test_acc"] == r["test_acc"]
+    with pytest.raises(SystemExit):
+        wall_time.main(["experiment=fast_cpu"])  # train.py's arguments go after --
+    assert "put train.py's arguments after --" in capfd.readouterr().err
