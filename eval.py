@@ -1,6 +1,6 @@
 """Re-test a checkpoint written by train.py, with the config it was trained with.
 
-python eval.py ckpt_path=outputs/runs/<run>/checkpoints/best.ckpt [data_root=PATH]
+python eval.py ckpt_path=outputs/runs/<run>/checkpoints/best.ckpt [data.root=PATH]
 """
 
 import sys
@@ -8,7 +8,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from cifar_lightning.cli import cli_guard, preflight
+from cifar_lightning.cli import cli_guard, run_main
 from cifar_lightning.pipeline import evaluate
 
 
@@ -18,5 +18,4 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    preflight(sys.argv[1:])
-    main()
+    run_main(main, sys.argv[1:])

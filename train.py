@@ -10,7 +10,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from cifar_lightning.cli import cli_guard, preflight
+from cifar_lightning.cli import cli_guard, run_main
 from cifar_lightning.pipeline import train
 
 
@@ -20,5 +20,4 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    preflight(sys.argv[1:])
-    main()
+    run_main(main, sys.argv[1:])

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytorch_lightning as L
 import torch
-from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.callbacks import Checkpoint, ModelCheckpoint
 
 from cifar_lightning.fileio import atomic_write
 
@@ -46,10 +46,17 @@ class EpochSummary(L.Callback):
         )
 
 
-class LastCheckpoint(L.Callback):
+class LastCheckpoint(Checkpoint):
     """Keeps `last.ckpt` current: every `every_n_train_steps` steps inside an epoch and at every
     epoch end (after validation). Lightning's ModelCheckpoint cannot do both at once, and two
-    of them with save_last would write last.ckpt and last-v1.ckpt."""
+    of them with save_last would write last.ckpt and last-v1.ckpt.
+
+    A Checkpoint (not a plain Callback): Lightning runs checkpoint callbacks last at an epoch
+    end, in their configured order, so the epoch-end last.ckpt holds the best score
+    model_checkpoint (listed before it) has just updated. As a plain callback it ran first, and
+    a resume from an epoch end lost the best epoch just finished. Being a Checkpoint also stops
+    Lightning adding its default ModelCheckpoint (epoch=N-step=M.ckpt) to runs without
+    model_checkpoint."""
 
     def __init__(self, dirpath: str, every_n_train_steps: int = 500) -> None:
         self.path = Path(dirpath) / "last.ckpt"
@@ -71,23 +78,56 @@ class LastCheckpoint(L.Callback):
         self._save(trainer)
 
 
+def _file_in(folder: Path, name: str) -> Path | None:
+    """folder/name when that is a real .ckpt file inside folder: no other folder, no symlink
+    leading out of it."""
+    candidate = folder / Path(name).name
+    if candidate.suffix != ".ckpt" or candidate.is_symlink() or not candidate.is_file():
+        return None
+    return candidate if candidate.resolve().parent == folder.resolve() else None
+
+
 class BestCheckpoint(ModelCheckpoint):
     """ModelCheckpoint whose best score survives a resume into a new run folder.
 
     Lightning restores the best score only when the checkpoint folder is unchanged; a resumed
     run writes into its own folder, so any next epoch would count as the best. This copies the
     best checkpoint along and keeps its score competing.
+
+    A checkpoint's callback state is data from wherever the file came from: the best checkpoint
+    it names is only looked up by file name in the folder of the checkpoint being resumed
+    (`resumed_from`, set from trainer.ckpt_path). Anything else is neither copied nor kept: the
+    old score is dropped too, since a score without its file would leave this run's best pointing
+    at no checkpoint of its own (and the test would read the file the state names).
     """
 
+    resumed_from: Path | None = None  # the checkpoint being resumed; set in on_load_checkpoint
+
+    def on_load_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        # Lightning calls this before load_state_dict, with trainer.ckpt_path already set.
+        if trainer.ckpt_path is not None:
+            self.resumed_from = Path(trainer.ckpt_path)
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        old_dir, path = state_dict.get("dirpath"), state_dict.get("best_model_path")
-        score = state_dict.get("best_model_score")
-        if old_dir == self.dirpath or score is None or not path or not Path(path).is_file():
-            super().load_state_dict(state_dict)
+        path, score = state_dict.get("best_model_path"), state_dict.get("best_model_score")
+        if score is None or not path:
+            return  # nothing worth carrying over: this run starts its own best
+        folder = self.resumed_from.parent if self.resumed_from is not None else None
+        source = _file_in(folder, str(path)) if folder is not None else None
+        if source is None:
+            log.warning(
+                "the resumed checkpoint names %s as its best checkpoint, but %s (the folder "
+                "resumed from) holds no such .ckpt file: nothing copied, and this run's best "
+                "checkpoint is chosen from its own epochs",
+                path, folder,
+            )  # fmt: skip
             return
-        new = Path(self.dirpath) / Path(path).name
-        data = Path(path).read_bytes()
-        atomic_write(new, lambda f: f.write(data))
+        new = Path(self.dirpath) / source.name
+        if new.resolve() != source.resolve():  # resumed into another folder: copy it along
+            data = source.read_bytes()
+            atomic_write(new, lambda f: f.write(data))
         score = torch.as_tensor(score)
         self.best_model_score = self.kth_value = score
         self.best_model_path = self.kth_best_model_path = str(new)

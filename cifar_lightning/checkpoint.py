@@ -1,19 +1,43 @@
-"""Checkpoints: atomic writes, safe loading (weights-only, strict keys), ckpt_path=last lookup."""
+"""Checkpoints: atomic writes, safe loading (weights-only, strict keys), resuming only the run
+that wrote them, ckpt_path=last lookup."""
 
 from __future__ import annotations
 
+import json
+import logging
 import pickle
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 from lightning_fabric.plugins import TorchCheckpointIO
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
 from cifar_lightning.errors import UserError
 from cifar_lightning.fileio import atomic_write
 from cifar_lightning.results import read_overrides
+
+log = logging.getLogger("cifar_lightning")
+
+# What a checkpoint's saved state means depends on these settings; resuming under others would
+# mix two runs, or die inside Lightning with a wall of state-dict keys. Whole groups: another
+# network or augmentation is another run, and torch restores the saved optimizer's lr, momentum
+# and decay and the schedule's parameters over the new ones, so a change there would be ignored.
+RESUME_GROUPS = ("model", "optimizer", "scheduler", "augment")
+# data: which images are training images (the split), what a saved batch position counts, and
+# the flip pattern (augmentation kept in data).
+RESUME_DATA_KEYS = ("val_size", "train_size", "split_seed", "batch_size", "loader",
+                    "alternating_flip")  # fmt: skip
+# module: all but options that change the loss, the test or the input size, not saved state.
+RESUME_FREE_MODULE_KEYS = ("label_smoothing", "tta_level", "train_resolution", "channels_last",
+                           "compile")  # fmt: skip
+# With a schedule: the settings that give the run's length in steps, which the schedule's
+# saved state was sized for (OneCycleLR fails past it; cosine would rise again, linear stay 0).
+RESUME_LENGTH_KEYS = ("max_epochs", "max_steps", "limit_train_batches", "accumulate_grad_batches")
+_ABSENT = object()
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -47,26 +71,112 @@ def load(path: str | Path) -> dict[str, Any]:
             f"not allow ({str(err).splitlines()[0]}). Only load checkpoints written by this "
             f"project from a source you trust."
         ) from err
-    except Exception as err:
-        raise UserError(f"cannot read checkpoint {path} ({err}); is it a .ckpt file?") from err
+    except Exception as err:  # torch's errors for a damaged file say little (KeyError(101))
+        why = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+        raise UserError(
+            f"cannot read checkpoint {path} ({why}): the file is damaged, cut short or not a "
+            f"checkpoint. Pass ckpt_path=PATH to a .ckpt file that train.py wrote."
+        ) from err
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise UserError(f"{path} is not a Lightning checkpoint (no state_dict).")
     return ckpt
 
 
+def _names(keys: list[str]) -> str:
+    """At most three key names and the count: a wrong model lists hundreds."""
+    more = f", ... ({len(keys)} in all)" if len(keys) > 3 else ""
+    return ", ".join(keys[:3]) + more
+
+
 def restore_weights(module: nn.Module, ckpt: dict[str, Any], path: str | Path) -> None:
     """Load the weights strictly: a missing or unexpected key is an error, never a silently
     untrained model (the seed's 9.75 %)."""
-    try:
-        result = module.load_state_dict(ckpt["state_dict"], strict=False)
-    except RuntimeError as err:  # shape mismatches
-        raise UserError(f"checkpoint {path} does not fit the model: {err}") from err
-    if result.missing_keys or result.unexpected_keys:
+    own = module.state_dict()
+    saved = ckpt["state_dict"]
+    missing = [k for k in own if k not in saved]
+    unexpected = [k for k in saved if k not in own]
+    shapes = [
+        f"{k} (file {list(saved[k].shape)}, model {list(v.shape)})"
+        for k, v in own.items()
+        if k in saved and isinstance(saved[k], torch.Tensor) and saved[k].shape != v.shape
+    ]
+    found = (("missing keys", missing), ("unexpected keys", unexpected), ("other shapes", shapes))
+    problems = [f"{label}: {_names(keys)}" for label, keys in found if keys]
+    if problems:
         raise UserError(
-            f"checkpoint {path} does not match the model: missing keys "
-            f"{result.missing_keys[:5]}, unexpected keys {result.unexpected_keys[:5]}. "
-            f"Was it written by a run with another model= option?"
+            f"checkpoint {path} does not fit the model ({'; '.join(problems)}). Was it "
+            f"written by a run with another model= option, or is the file damaged?"
         )
+    try:
+        module.load_state_dict(saved, strict=True)
+    except RuntimeError as err:  # anything the key and shape checks above let through
+        brief = " ".join(str(err).split())[:300]
+        raise UserError(f"checkpoint {path} does not fit the model: {brief}") from err
+
+
+def _plain(cfg: Mapping, key: str) -> Any:
+    value = cfg.get(key, _ABSENT)
+    if isinstance(value, DictConfig | ListConfig):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
+def _flat(value: Any, prefix: str) -> dict[str, Any]:
+    if isinstance(value, Mapping) and value:
+        out = {}
+        for key, item in value.items():
+            out.update(_flat(item, f"{prefix}.{key}"))
+        return out
+    return {prefix: value}
+
+
+def _resume_settings(cfg: Mapping, scheduled: bool) -> dict[str, Any]:
+    """The settings a resume must keep, as `dotted.key: value`, from a run config."""
+    out = {}
+    for group in RESUME_GROUPS:
+        out.update(_flat(_plain(cfg, group), group))
+    data, module, trainer = (_plain(cfg, k) for k in ("data", "module", "trainer"))
+    data = data if isinstance(data, Mapping) else {}
+    out.update({f"data.{k}": data.get(k, _ABSENT) for k in RESUME_DATA_KEYS})
+    if isinstance(module, Mapping):
+        kept = {k: v for k, v in module.items() if k not in RESUME_FREE_MODULE_KEYS}
+        out.update(_flat(kept, "module"))
+    if scheduled and isinstance(trainer, Mapping):
+        out.update({f"trainer.{k}": trainer.get(k, _ABSENT) for k in RESUME_LENGTH_KEYS})
+    out["seed"] = _plain(cfg, "seed")
+    return out
+
+
+def _show(value: Any) -> str:
+    if value is _ABSENT:
+        return "(not set)"
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def check_resume(ckpt: dict[str, Any], cfg: DictConfig | Mapping, path: str | Path) -> None:
+    """Refuse to resume a checkpoint under settings that change what its saved state means
+    (RESUME_*): one UserError listing each differing key as `old → new`. Settings of where and
+    how the run happens (data.root, num_workers, trainer.devices, loggers, callbacks, health,
+    max_epochs without a schedule) may differ."""
+    old = ckpt.get("run_config")
+    if not isinstance(old, Mapping):
+        log.warning("checkpoint %s holds no run config: cannot check that it is this run's", path)
+        return
+    scheduled = old.get("scheduler") is not None
+    before, after = _resume_settings(old, scheduled), _resume_settings(cfg, scheduled)
+    keys = sorted(set(before) | set(after), key=lambda k: (not k.endswith("._target_"), k))
+    diffs = [
+        f"{k}: {_show(before.get(k, _ABSENT))} → {_show(after.get(k, _ABSENT))}"
+        for k in keys
+        if before.get(k, _ABSENT) != after.get(k, _ABSENT)
+    ]
+    if not diffs:
+        return
+    shown = "; ".join(diffs[:8]) + (f"; and {len(diffs) - 8} more" if len(diffs) > 8 else "")
+    raise UserError(
+        f"checkpoint {path} was written by a run with other settings ({shown}). Resume with "
+        f"the same settings, or start a new run without ckpt_path."
+    )
 
 
 def _run_overrides(run_dir: Path) -> list[str] | None:

@@ -1,25 +1,44 @@
-"""The command-line entry of train.py and eval.py: checks before Hydra starts, for errors Hydra
-would only report with a traceback (an output folder that cannot be written, a plugin that is
-not installed), and a UserError turned into one message and exit status 2."""
+"""The command-line entry of train.py and eval.py: every error the user can fix ends as one
+`error: ...` line on stderr and exit status 2, wherever it is raised.
+
+- before Hydra starts (check_cli): an output folder that cannot be written, a Hydra plugin or
+  tracker package that is not installed, errors Hydra would only report with a traceback;
+- while Hydra composes the config (run_main): an unknown option or key, a malformed override,
+  with Hydra's own text (e.g. the list of valid options) on that one line;
+- in the task (cli_guard): a UserError, also inside Hydra's "Error in call to target" wrapper;
+  a ValueError or TypeError a constructor raised for the config's values; Lightning's
+  MisconfigurationException (e.g. trainer=gpu on a machine without one).
+
+HYDRA_FULL_ERROR=1 keeps tracebacks for all but UserErrors, for debugging.
+"""
 
 from __future__ import annotations
 
 import importlib.util
 import logging
+import os
+import re
 import sys
 import tempfile
+import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
+import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException, InstantiationException, OverrideParseException
 from hydra.types import RunMode
+from lightning_fabric.utilities.exceptions import MisconfigurationException
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+from pytorch_lightning.utilities import rank_zero_only
 
 from cifar_lightning.errors import EXIT_USAGE, UserError
 
 log = logging.getLogger(__name__)
 
-# `group=option` on the command line -> (module the option needs, pip extra that installs it)
+# `group=option` on the command line -> (module the option needs, pip extra that installs it):
+# Hydra plugins, and the experiment trackers' packages (logger=many includes mlflow).
 PLUGINS = {
     "hydra/launcher=joblib": ("hydra_plugins.hydra_joblib_launcher", "sweep"),
     "hydra/launcher=slurm": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
@@ -27,32 +46,149 @@ PLUGINS = {
     "hydra/launcher=submitit_local": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
     "hydra/sweeper=optuna": ("hydra_plugins.hydra_optuna_sweeper", "sweep"),
     "hparams_search=optuna_lr": ("hydra_plugins.hydra_optuna_sweeper", "sweep"),
+    "logger=mlflow": ("mlflow", "mlflow"),
+    "logger=many": ("mlflow", "mlflow"),
+    "logger=wandb": ("wandb", "wandb"),
 }
+FULL_ERROR = "HYDRA_FULL_ERROR"
+TRACEBACKS = "CIFAR_LIGHTNING_TRACEBACKS"  # run_main: "1" when the user set HYDRA_FULL_ERROR=1
+_NOISE = ("full_key:", "object_type=", "reference_type=", "Set the environment variable")
+
+
+def exit_with(message: str) -> NoReturn:
+    # Under DDP every rank may hit the same error: one `error:` line, the others labelled.
+    rank = f"[rank {rank_zero_only.rank}] " if rank_zero_only.rank else ""
+    print(f"{rank}error: {message}", file=sys.stderr)
+    sys.exit(EXIT_USAGE)
+
+
+def _one_line(text: str) -> str:
+    """Hydra's and OmegaConf's multi-line messages on one line: tab-indented lists (the valid
+    options) joined with commas, the config search path and key details left out."""
+    out = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line.startswith("Config search path"):
+            break
+        if not line or line.startswith(_NOISE):
+            continue
+        if not out:
+            out = line
+        elif raw.startswith("\t") and not out.endswith(":"):
+            out += f", {line}"  # the next item of a list
+        else:
+            out += (" " if out.endswith((".", ":", "?", "!")) else ". ") + line
+    return out or text.strip()
+
+
+def _causes(err: BaseException) -> list[BaseException]:
+    """err and what it was raised from (`raise ... from`), outermost first."""
+    chain = [err]
+    while chain[-1].__cause__ is not None and len(chain) < 20:
+        chain.append(chain[-1].__cause__)
+    return chain
+
+
+def _trainer_message(err: MisconfigurationException) -> str:
+    message = f"Lightning cannot use these trainer settings: {_one_line(str(err))}"
+    if not torch.cuda.is_available() and re.search(r"gpu|cuda", str(err), re.IGNORECASE):
+        message += (
+            " This machine has no GPU: train on the CPU with trainer=cpu (for "
+            "experiment=fast94, use experiment=fast_cpu, its CPU recipe)."
+        )
+    return message
+
+
+def _built_message(err: InstantiationException) -> str:
+    """Hydra's "Error in call to target 'T': ValueError(...) full_key: K" as one sentence."""
+    text = str(err)
+    target = re.search(r"target '([^']+)'", text)
+    key = re.search(r"full_key: (\S+)", text)
+    where = key.group(1) if key else "the config"
+    what = f" ({target.group(1)})" if target else ""
+    return f"cannot build {where}{what} from its settings: {_one_line(str(err.__cause__))}"
+
+
+def user_message(err: BaseException) -> str | None:
+    """The one-line message of an error raised while the task ran that the user can fix, or
+    None for a bug (which keeps its traceback)."""
+    chain = _causes(err)
+    for e in chain:
+        if isinstance(e, UserError):
+            return str(e)
+    if os.environ.get(TRACEBACKS) == "1":
+        return None
+    for e in chain:
+        if isinstance(e, MisconfigurationException):
+            return _trainer_message(e)
+    refused = isinstance(err.__cause__, ValueError | TypeError)  # by a constructor: bad values
+    if isinstance(err, InstantiationException) and refused:
+        return _built_message(err)
+    if isinstance(err, MissingMandatoryValue):
+        return f"{err.full_key} has no value (???): pass {err.full_key}=VALUE."
+    return None
+
+
+def config_message(err: BaseException) -> str | None:
+    """The one-line message of an error Hydra raised while composing the config."""
+    if isinstance(err, OverrideParseException):
+        return f"cannot parse the override {err.override!r}: {_one_line(err.message)}"
+    if isinstance(err, HydraException | OmegaConfBaseException):
+        message = _one_line(str(err))
+        if isinstance(err.__cause__, OmegaConfBaseException):
+            message += f" ({_one_line(str(err.__cause__))})"
+        return message
+    return None
 
 
 def cli_guard(task: Callable[[Any], Any], cfg: Any) -> Any:
-    """Run a Hydra task, turning a UserError into one message and exit status 2.
+    """Run a Hydra task, turning an error the user can fix (user_message) into one message and
+    exit status 2.
 
     In a multirun the error is re-raised instead: SystemExit would abort the remaining jobs,
-    whereas an exception lets Hydra finish the sweep and fail at its end.
+    whereas an exception lets Hydra finish the sweep and fail at its end (run_main then
+    prints it).
     """
     try:
         return task(cfg)
-    except UserError as err:
-        log.error("error: %s", err)
+    except Exception as err:
+        message = user_message(err)
+        if message is None:
+            raise
+        log.error("error: %s", message)
         if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
             raise
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(EXIT_USAGE)
+        exit_with(message)
 
 
-def preflight(argv: list[str]) -> None:
-    """check_cli on the command line's arguments; a UserError is one message and exit status 2."""
+def _in_task(err: BaseException) -> bool:
+    return any(f.f_code is cli_guard.__code__ for f, _ in traceback.walk_tb(err.__traceback__))
+
+
+def run_main(hydra_main: Callable[[], Any], argv: list[str]) -> None:
+    """train.py's and eval.py's entry: check_cli, then the @hydra.main function.
+
+    Hydra prints its own report of a config error and exits 1; with HYDRA_FULL_ERROR=1 it
+    raises instead, which lets this print it as one line and exit 2. Only errors raised before
+    the task ran are read as config errors: one from inside the task is a bug unless
+    user_message says otherwise, and keeps its traceback."""
     try:
         check_cli(argv)
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(EXIT_USAGE)
+        exit_with(str(err))
+    if TRACEBACKS not in os.environ:  # what the user asked for, kept for child processes (DDP)
+        os.environ[TRACEBACKS] = "1" if os.environ.get(FULL_ERROR) == "1" else "0"
+    if os.environ[TRACEBACKS] == "1":
+        hydra_main()
+        return
+    os.environ[FULL_ERROR] = "1"
+    try:
+        hydra_main()
+    except Exception as err:
+        message = user_message(err) if _in_task(err) else config_message(err)
+        if message is None:
+            raise
+        exit_with(message)
 
 
 def _installed(module: str) -> bool:
@@ -72,13 +208,21 @@ def check_writable(folder: Path, key: str) -> None:
                         f"Choose a writable folder with {key}=PATH.") from err  # fmt: skip
 
 
+# Keys of earlier versions -> what replaced them.
+RENAMED = {"data_root": "data.root"}
+
+
 def check_cli(argv: list[str], default_dir: str = "outputs") -> None:
     """Hydra plugins the arguments name are installed; the run (or sweep) folder is writable."""
     args = [a.lstrip("+") for a in argv]
     for arg in args:
+        old = arg.split("=", 1)[0]
+        if old in RENAMED:
+            raise UserError(f"{old}= is no longer a key: use {RENAMED[old]}=PATH, the same key "
+                            f"as train.py's.")  # fmt: skip
         if arg in PLUGINS and not _installed(PLUGINS[arg][0]):
             module, extra = PLUGINS[arg]
-            raise UserError(f"{arg} needs a Hydra plugin that is not installed ({module}). "
+            raise UserError(f"{arg} needs {module}, which is not installed. "
                             f"Install it with: pip install -e '.[{extra}]'")  # fmt: skip
     multirun = "-m" in args or "--multirun" in args
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"

@@ -14,7 +14,15 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from cifar_lightning import checkpoint, memory, provenance, results, sweep, trackers
+from cifar_lightning import (
+    checkpoint,
+    config_checks,
+    memory,
+    provenance,
+    results,
+    sweep,
+    trackers,
+)
 from cifar_lightning.data import CIFAR10DataModule
 from cifar_lightning.errors import UserError
 from cifar_lightning.evaluation import score
@@ -189,6 +197,9 @@ def train(cfg: DictConfig) -> float | None:
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
 
     ckpt_path = str(job.ckpt) if job.state == sweep.RESUME else resume_path(cfg, out)
+    if ckpt_path is not None and cfg.train:
+        checkpoint.check_resume(checkpoint.load(ckpt_path), cfg, ckpt_path)
+    config_checks.check_optimizer(cfg)
 
     callbacks, health, ckpt_cb = build_callbacks(cfg, datamodule)
     trainer = make_trainer(cfg.trainer, cfg.logger, callbacks, out)
@@ -251,6 +262,8 @@ def evaluate(cfg: DictConfig) -> float:
     out = output_dir()
     ckpt = checkpoint.load(cfg.ckpt_path)
     run_cfg = OmegaConf.create(ckpt.get("run_config") or {})
+    # Checkpoints are data: their config may only build the project's own components.
+    config_checks.check_targets(run_cfg, source=str(cfg.ckpt_path))
     if "data" not in run_cfg or "trainer" not in run_cfg:
         raise UserError(
             f"{cfg.ckpt_path} holds no run config; eval.py reads checkpoints that train.py wrote."

@@ -63,6 +63,20 @@ def test_a_checkpoint_of_another_model_is_an_error_not_an_untrained_model(tmp_pa
         checkpoint.restore_weights(SeedCNN(), {"state_dict": wide}, "x.ckpt")
 
 
+def test_a_checkpoint_of_another_model_is_named_briefly(tmp_path):
+    # resnet18's weights into the seed CNN: hundreds of keys, at most three named with counts.
+    from cifar_lightning.models.resnet import ResNet18
+
+    ckpt = {"state_dict": ResNet18().state_dict()}
+    with pytest.raises(UserError) as err:
+        checkpoint.restore_weights(SeedCNN(), ckpt, "x.ckpt")
+    message = str(err.value)
+    assert len(message) < 600 and "\n" not in message
+    n_missing, n_unexpected = len(SeedCNN().state_dict()), len(ckpt["state_dict"])
+    assert "missing keys: " in message and f"({n_missing} in all)" in message
+    assert f"({n_unexpected} in all)" in message and "another model=" in message
+
+
 def _prepare(root: str) -> None:
     sources.prepare_cache(root, allow_download=False)
 

@@ -1,0 +1,349 @@
+"""Checkpoints cannot act (trusted targets only, callback state confined to the resumed run),
+resume refuses another run's checkpoint, and every bad setting ends as one `error:` line."""
+
+from __future__ import annotations
+
+import types
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as L
+import torch
+import yaml
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf, open_dict, read_write
+from pytorch_lightning.demos.boring_classes import BoringModel
+
+from cifar_lightning import checkpoint, cli
+from cifar_lightning.callbacks import BestCheckpoint, LastCheckpoint
+from cifar_lightning.config_checks import check_optimizer, check_targets, target_allowed
+from cifar_lightning.errors import UserError
+from cifar_lightning.pipeline import train
+from tests.conftest import REPO, run_cli
+
+CONF = REPO / "conf"
+
+
+def compose_train(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("train", overrides=list(overrides))
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+# --- 1. a checkpoint's config builds only the project's components ---------------------------
+
+
+def test_every_target_under_conf_is_allowed():
+    found = []
+    for path in sorted(CONF.rglob("*.yaml")):
+        if path.relative_to(CONF).parts[0] == "hydra":
+            continue  # Hydra's own settings (package `hydra`): never part of a run config
+        tree = yaml.safe_load(path.read_text()) or {}
+        check_targets(tree, str(path))  # raises on the first target it refuses
+        found += [line.split(":", 1)[1].strip() for line in path.read_text().splitlines()
+                  if line.strip().startswith("_target_:") and "hydra" not in tree]  # fmt: skip
+    assert len(found) >= 20
+    assert {"torch.optim.SGD", "pytorch_lightning.Trainer", "cifar_lightning.module.Classifier",
+            "pytorch_lightning.loggers.TensorBoardLogger"} <= set(found)  # fmt: skip
+    # Whole composed configs too, as train.py stores them in checkpoints.
+    composed = [[], ["experiment=fast94", "logger=tensorboard"], ["experiment=fast_cpu"],
+                ["optimizer=adam_to_sgd", "scheduler=onecycle", "model=resnet18"]]  # fmt: skip
+    for overrides in composed:
+        check_targets(compose_train(*overrides), "composed")
+
+
+UNTRUSTED = [
+    "pathlib.Path.unlink", "builtins.open", "os.system", "subprocess.Popen", "torch.load",
+    "cifar_lightning.callbacks.Path",  # pathlib.Path, imported into an allowed module
+    "cifar_lightning.callbacks.atomic_write", "cifar_lightning.fileio.atomic_write",
+    "cifar_lightning.data.sources.download", "cifar_lightning.callbacks._fmt",
+    "cifar_lightning.callbacks.BestCheckpoint.load_state_dict",  # a method, not a component
+    "torch.optim.Optimizer.load_state_dict", "torch.optim.lr_scheduler.OneCycleLR",
+    "pytorch_lightning.Trainer.save_checkpoint",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("target", UNTRUSTED)
+def test_untrusted_targets_are_refused_with_their_key(target):
+    assert not target_allowed(target)
+    cfg = {"data": {"_target_": "cifar_lightning.data.CIFAR10DataModule"},
+           "model": {"inner": {"_target_": target}}}  # fmt: skip
+    with pytest.raises(UserError, match=rf"ckpt is not trusted.*{target}.*model\.inner\._target_"):
+        check_targets(cfg, "x.ckpt")
+
+
+def test_args_and_non_string_targets_are_refused():
+    with pytest.raises(UserError, match="_args_ at model"):
+        check_targets({"model": {"_target_": "torch.optim.SGD", "_args_": [1]}}, "x.ckpt")
+    with pytest.raises(UserError, match="not trusted"):
+        check_targets({"model": {"_target_": ["pathlib", "Path"]}}, "x.ckpt")
+
+
+def test_a_refused_target_is_never_imported(tmp_path, monkeypatch):
+    marker = tmp_path / "imported"
+    (tmp_path / "gd_sideeffect.py").write_text(f"open({str(marker)!r}, 'w').close()\nX = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(UserError):
+        check_targets({"model": {"_target_": "gd_sideeffect.X"}}, "x.ckpt")
+    assert not marker.exists()
+
+
+def crafted_checkpoint(tmp_path: Path, data_root: Path) -> tuple[Path, Path]:
+    """A checkpoint whose run config would delete `victim` when eval.py builds its model."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    run_config = OmegaConf.to_container(compose_train(f"data.root={data_root}"), resolve=False)
+    run_config.pop("callbacks"), run_config.pop("logger")  # ${hydra:...}: stored resolved
+    run_config["model"] = {"_target_": "pathlib.Path.unlink", "self": str(victim)}
+    path = tmp_path / "crafted.ckpt"
+    torch.save({"state_dict": {}, "epoch": 0, "run_config": run_config}, path)
+    return path, victim
+
+
+def test_a_crafted_checkpoint_is_refused_and_its_target_never_runs(tmp_path, folder_root):
+    path, victim = crafted_checkpoint(tmp_path, folder_root)
+    ckpt = checkpoint.load(path)  # weights-only loading lets it through: it is plain data
+    with pytest.raises(UserError, match=r"not trusted.*pathlib\.Path\.unlink.*model\._target_"):
+        check_targets(ckpt["run_config"], str(path))
+    assert victim.read_text() == "precious"
+
+
+@pytest.mark.slow
+def test_cli_eval_of_a_crafted_checkpoint_is_one_error(tmp_path, folder_root):
+    path, victim = crafted_checkpoint(tmp_path, folder_root)
+    proc = run_cli("eval.py", f"ckpt_path={path}", f"hydra.run.dir={tmp_path / 'eval'}")
+    assert victim.read_text() == "precious"
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    [line] = error_lines(proc.stderr)
+    assert "not trusted" in line and "pathlib.Path.unlink" in line
+
+
+# --- 2. callback state never copies a file from outside the resumed run ----------------------
+
+
+@pytest.fixture
+def runs(tmp_path: Path) -> types.SimpleNamespace:
+    old, new, outside = (tmp_path / d for d in ("old/checkpoints", "new/checkpoints", "outside"))
+    for d in (old, new, outside):
+        d.mkdir(parents=True)
+    (outside / "secret.ckpt").write_bytes(b"not this run's")
+    return types.SimpleNamespace(old=old, new=new, outside=outside)
+
+
+def best_callback(runs: types.SimpleNamespace) -> BestCheckpoint:
+    cb = BestCheckpoint(dirpath=str(runs.new), filename="best", monitor="val/acc", mode="max")
+    fake_trainer = types.SimpleNamespace(ckpt_path=str(runs.old / "last.ckpt"))
+    cb.on_load_checkpoint(fake_trainer, None, {})  # what Lightning calls before load_state_dict
+    return cb
+
+
+def state(runs: types.SimpleNamespace, best: Path) -> dict:
+    return {"dirpath": str(runs.old), "best_model_path": str(best), "best_model_score": 0.9}
+
+
+def test_the_best_checkpoint_of_the_resumed_run_is_copied_along(runs):
+    (runs.old / "best.ckpt").write_bytes(b"the best")
+    cb = best_callback(runs)
+    assert cb.resumed_from == runs.old / "last.ckpt"
+    cb.load_state_dict(state(runs, runs.old / "best.ckpt"))
+    assert (runs.new / "best.ckpt").read_bytes() == b"the best"
+    assert cb.best_model_path == str(runs.new / "best.ckpt")
+    assert float(cb.best_model_score) == pytest.approx(0.9)
+
+
+def test_callback_state_naming_a_file_outside_the_run_copies_nothing(runs, caplog):
+    cb = best_callback(runs)
+    cb.load_state_dict(state(runs, runs.outside / "secret.ckpt"))
+    assert list(runs.new.iterdir()) == []
+    assert cb.best_model_path == "" and cb.best_model_score is None  # the old score is dropped
+    assert "nothing copied" in caplog.text
+    # A symlink in the resumed folder that leads out of it, and a non-checkpoint file.
+    (runs.old / "best.ckpt").symlink_to(runs.outside / "secret.ckpt")
+    (runs.old / "notes.txt").write_text("x")
+    for name in ("best.ckpt", "notes.txt"):
+        cb = best_callback(runs)
+        cb.load_state_dict(state(runs, runs.old / name))
+        assert list(runs.new.iterdir()) == [] and cb.best_model_path == ""
+    # State claiming this run's own folder (Lightning would restore it as it is) is no different.
+    cb = best_callback(runs)
+    cb.load_state_dict({**state(runs, runs.outside / "secret.ckpt"), "dirpath": str(runs.new)})
+    assert list(runs.new.iterdir()) == [] and cb.best_model_path == ""
+
+
+class RisingValAcc(BoringModel):
+    """val/acc rises every epoch: each epoch is the best so far."""
+
+    def validation_step(self, batch, batch_idx):  # noqa: ANN001
+        self.log("val/acc", (self.current_epoch + 1) / 2)
+
+
+def test_the_epoch_end_last_checkpoint_holds_that_epochs_best_score(tmp_path):
+    # Listed as in conf/callbacks/default.yaml. A resume from last.ckpt at an epoch end must
+    # know that epoch's best, or a worse later epoch becomes best.ckpt.
+    dirpath = str(tmp_path / "checkpoints")
+    callbacks = [
+        BestCheckpoint(dirpath=dirpath, filename="best", monitor="val/acc", mode="max"),
+        LastCheckpoint(dirpath=dirpath, every_n_train_steps=0),
+    ]
+    trainer = L.Trainer(max_epochs=2, limit_train_batches=2, limit_val_batches=1, logger=False,
+                        callbacks=callbacks, enable_progress_bar=False, default_root_dir=tmp_path,
+                        enable_model_summary=False)  # fmt: skip
+    trainer.fit(RisingValAcc())
+    ckpt = checkpoint.load(tmp_path / "checkpoints" / "last.ckpt")
+    [best_state] = [v for k, v in ckpt["callbacks"].items() if k.startswith("BestCheckpoint")]
+    assert float(best_state["best_model_score"]) == 1.0  # the last epoch's, not the one before
+    files = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert files == ["best.ckpt", "last.ckpt"]
+
+
+# --- 3. resume refuses another run's checkpoint ----------------------------------------------
+
+
+def stored(*overrides: str) -> dict:
+    """The checkpoint of a run with these overrides (its run config, as train.py stores it)."""
+    cfg = compose_train(*overrides)
+    keys = ("data", "augment", "model", "optimizer", "scheduler", "module", "trainer", "seed")
+    plain = {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k])
+             else cfg[k] for k in keys}  # fmt: skip
+    return {"run_config": plain}
+
+
+def test_resume_with_the_same_settings_or_only_free_ones_changed_is_accepted():
+    old = stored("optimizer=sgd_nesterov")
+    checkpoint.check_resume(old, compose_train("optimizer=sgd_nesterov"), "last.ckpt")
+    free = ["data.root=/elsewhere", "data.num_workers=7", "trainer.max_epochs=99",
+            "trainer.devices=2", "module.label_smoothing=0.1", "+module.tta_level=2",
+            "module.train_resolution=[24,32]", "logger=tensorboard", "health=off",
+            "data.eval_batch_size=7", "data.download=false"]  # fmt: skip
+    checkpoint.check_resume(old, compose_train("optimizer=sgd_nesterov", *free), "last.ckpt")
+    checkpoint.check_resume({"state_dict": {}}, compose_train(), "old.ckpt")  # nothing to compare
+
+
+def test_resume_under_another_model_lists_each_difference_once():
+    with pytest.raises(UserError) as err:
+        checkpoint.check_resume(stored(), compose_train("model=resnet18"), "run/last.ckpt")
+    message = str(err.value)
+    assert message.startswith("checkpoint run/last.ckpt was written by a run with other settings")
+    assert ("model._target_: cifar_lightning.models.seed_cnn.SeedCNN → "
+            "cifar_lightning.models.resnet.ResNet18") in message  # fmt: skip
+    assert "model.dropout: 0.1 → (not set)" in message and message.count("model._target_") == 1
+    assert message.endswith("Resume with the same settings, or start a new run without ckpt_path.")
+    assert len(message) < 600 and "\n" not in message
+
+
+def test_resume_lists_optimizer_data_and_seed_changes():
+    changed = compose_train("optimizer.lr=0.01", "data.batch_size=64", "data.val_size=100",
+                            "seed=3", "+module.num_classes=12")  # fmt: skip
+    with pytest.raises(UserError) as err:
+        checkpoint.check_resume(stored(), changed, "last.ckpt")
+    for diff in (
+        "optimizer.lr: 0.001 → 0.01",
+        "data.batch_size: 128 → 64",
+        "data.val_size: 5000 → 100",
+        "seed: 0 → 3",
+        "module.num_classes: (not set) → 12",
+    ):
+        assert diff in str(err.value)  # fmt: skip
+
+
+def test_with_a_schedule_the_run_length_must_stay():
+    old = stored("scheduler=onecycle")
+    with pytest.raises(UserError, match="trainer.max_epochs: 10 → 20"):
+        checkpoint.check_resume(old, compose_train("scheduler=onecycle", "trainer.max_epochs=20"),
+                                "last.ckpt")  # fmt: skip
+    checkpoint.check_resume(stored(), compose_train("trainer.max_epochs=20"), "last.ckpt")
+
+
+# --- 4. every bad setting is one `error:` line and exit status 2 -----------------------------
+
+
+def test_check_optimizer_refuses_bad_values():
+    check_optimizer(compose_train("optimizer=muon", "scheduler=onecycle"))  # valid ones pass
+    with pytest.raises(UserError, match="the optimizer settings are not valid: Invalid learning"):
+        check_optimizer(compose_train("optimizer.lr=-1"))
+    with pytest.raises(UserError, match="the scheduler settings are not valid: Expected float"):
+        check_optimizer(compose_train("scheduler=onecycle", "scheduler.pct_start=2"))
+
+
+def run_in_process(script_overrides: list[str], out: Path, capsys, monkeypatch) -> tuple[int, str]:
+    """train.py's path through cli.run_main and cli_guard, with the config composed in this
+    process (a subprocess costs seconds of imports per case)."""
+    monkeypatch.setenv(cli.FULL_ERROR, "0")
+    monkeypatch.setenv(cli.TRACEBACKS, "0")  # as a user without HYDRA_FULL_ERROR=1
+
+    def hydra_main() -> None:
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            cfg = compose("train", overrides=script_overrides, return_hydra_config=True)
+        with read_write(cfg), open_dict(cfg):
+            cfg.hydra.runtime.output_dir = str(out)
+            HydraConfig.instance().set_config(cfg)
+            del cfg["hydra"]
+        cli.cli_guard(train, cfg)
+
+    capsys.readouterr()
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            cli.run_main(hydra_main, [f"hydra.run.dir={out}"])
+    finally:
+        HydraConfig.instance().cfg = None
+    return exit_info.value.code, capsys.readouterr().err
+
+
+NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="the machine has a GPU")
+BAD_SETTINGS = [
+    (["data.batch_size=0"], "data.batch_size and data.eval_batch_size must be >= 1, got 0"),
+    (["data.val_size=-1"], "data.val_size=-1 must be between 0 and"),
+    (["data.loader=bogus"], "data.loader='bogus' is not an option"),
+    (["optimizer=foo"], "Could not find 'optimizer/foo'. Available options in 'optimizer': adam,"),
+    (["data.foo=1"], "Could not override 'data.foo'. To append to your config use +data.foo=1"),
+    (["data.batch_size=["], "cannot parse the override 'data.batch_size=['"),
+    (["module.train_resolution=[4]"], "cannot build module (cifar_lightning.module.Classifier)"),
+    (["+model.foo=1"], "unexpected keyword argument 'foo'"),
+    (["model.dropout=2"], "cannot build model"),
+    (["data.download=false"], "CIFAR-10 is not under"),  # data.root: a folder without data
+    pytest.param(["trainer=gpu"], "with trainer=cpu", marks=NO_GPU),
+    pytest.param(["experiment=fast94"], "experiment=fast_cpu", marks=NO_GPU),
+]
+
+
+@pytest.mark.parametrize(("overrides", "expected"), BAD_SETTINGS)
+def test_bad_settings_are_one_error_line(overrides, expected, folder_root, tmp_path, capsys,
+                                         monkeypatch):  # fmt: skip
+    root = tmp_path / "empty" if "data.download=false" in overrides else folder_root
+    base = [f"data.root={root}", "data.num_workers=0", "data.val_size=50", "trainer.max_epochs=1"]
+    code, stderr = run_in_process([*base, *overrides], tmp_path / "run", capsys, monkeypatch)
+    assert code == 2
+    assert "Traceback" not in stderr
+    [line] = error_lines(stderr)
+    assert expected in line
+
+
+def test_a_bad_optimizer_value_is_one_error_line(folder_root, tmp_path, capsys, monkeypatch):
+    # Needs pipeline.train to call config_checks.check_optimizer(cfg) before fitting.
+    base = [f"data.root={folder_root}", "data.num_workers=0", "data.val_size=50"]
+    code, stderr = run_in_process([*base, "optimizer.lr=-1"], tmp_path, capsys, monkeypatch)
+    assert code == 2 and "Invalid learning rate: -1" in error_lines(stderr)[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("script", "args", "expected"),
+    [
+        ("train.py", ["optimizer=foo"], "Available options in 'optimizer': adam, adam_to_sgd"),
+        pytest.param("train.py", ["experiment=fast94"], "experiment=fast_cpu", marks=NO_GPU),
+        ("eval.py", [], "ckpt_path has no value (???): pass ckpt_path=VALUE."),
+    ],
+)
+def test_cli_bad_settings_are_one_error_line(script, args, expected, folder_root, tmp_path):
+    # The real hydra.main (cli.run_main's HYDRA_FULL_ERROR switch); the rest run in-process above.
+    root = [f"data.root={folder_root}"] if script == "train.py" else []
+    proc = run_cli(script, *root, *args, f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    [line] = error_lines(proc.stderr)
+    assert expected in line
