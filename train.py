@@ -10,12 +10,14 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from cifar_lightning import quiet
 from cifar_lightning.cli import cli_guard, run_main
 from cifar_lightning.pipeline import train
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    quiet.install()  # in every process that runs the task (DDP ranks, joblib workers)
     return cli_guard(train, cfg)
 
 

@@ -64,9 +64,13 @@ class LastCheckpoint(Checkpoint):
         self._saved_step = -1
 
     def _save(self, trainer: L.Trainer) -> None:
-        if trainer.sanity_checking or trainer.global_step == self._saved_step:
+        if (
+            trainer.sanity_checking
+            or trainer.fast_dev_run
+            or trainer.global_step == self._saved_step
+        ):
             return
-        trainer.save_checkpoint(self.path)  # every rank calls it; rank 0 writes
+        trainer.save_checkpoint(self.path, weights_only=False)  # every rank calls; rank 0 writes
         self._saved_step = trainer.global_step
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001

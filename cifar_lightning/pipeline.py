@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +31,6 @@ from cifar_lightning.optim import MULTI_LR
 from cifar_lightning.report.console import print_report
 
 log = logging.getLogger("cifar_lightning")
-
-# The CSV log shares the run folder with Hydra's files, which this warning mistakes for old logs.
-warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
 
 
 def output_dir() -> Path:
@@ -222,7 +218,7 @@ def train(cfg: DictConfig) -> float | None:
         # end-of-training callbacks (weight averaging) are in it, and eval.py can reproduce the
         # test.
         tested = str(out / "checkpoints" / "last.ckpt")
-        trainer.save_checkpoint(tested)
+        trainer.save_checkpoint(tested, weights_only=False)
     elif not cfg.train and ckpt_path is not None:
         tested = ckpt_path
     if tested is not None:

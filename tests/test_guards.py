@@ -217,7 +217,7 @@ def test_resume_with_the_same_settings_or_only_free_ones_changed_is_accepted():
     old = stored("optimizer=sgd_nesterov")
     checkpoint.check_resume(old, compose_train("optimizer=sgd_nesterov"), "last.ckpt")
     free = ["data.root=/elsewhere", "data.num_workers=7", "trainer.max_epochs=99",
-            "trainer.devices=2", "module.label_smoothing=0.1", "+module.tta_level=2",
+            "trainer.devices=2", "module.label_smoothing=0.1", "module.tta_level=2",
             "module.train_resolution=[24,32]", "logger=tensorboard", "health=off",
             "data.eval_batch_size=7", "data.download=false"]  # fmt: skip
     checkpoint.check_resume(old, compose_train("optimizer=sgd_nesterov", *free), "last.ckpt")

@@ -1,0 +1,161 @@
+"""README.md runs as written: every train.py/eval.py command it shows composes with the configs
+and every `module.` option it names exists. Its outputs tree and results.json keys are checked
+against a run in tests/test_recipes.py (which shares that run with other tests)."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
+
+from cifar_lightning.cli import PLUGINS
+from tests.conftest import REPO
+
+README = (REPO / "README.md").read_text()
+CONF = REPO / "conf"
+
+# Placeholders in the README's commands -> values a user might type.
+WORDS = {"<run>": "2026-01-01_00-00-00_000000", "<date>": "2026-01-01_00-00-00_000000",
+         "DATA_ROOT": "data/cifar10-jpeg"}  # fmt: skip
+VALUES = {"N": "2", "M": "2", "E": "2", "P": "gpu", "[W1,W2,W3]": "[64,256,256]",
+          "[...]": "[24,32]"}  # fmt: skip
+# Inline `key=value` mentions that are not overrides of train.yaml as they stand: the option
+# each needs first, or None for prose that is no override (a Python argument, a shorthand).
+CONTEXT = {
+    "optimizer.sgd_lr": ["optimizer=adam_to_sgd"],
+    "trainer.sync_batchnorm": ["trainer=ddp"],
+    "trainer.benchmark": ["trainer=gpu"],
+    "hydra.launcher.max_num_timeout": ["hydra/launcher=slurm"],
+    "sgd_lr": None,
+    "weights_only": None,
+}
+INVALID = ["optimizer=foo"]  # shown as the example of an unknown option
+
+
+def _code_spans(text: str) -> list[str]:
+    prose = re.sub(r"```.*?```", "", text, flags=re.S)
+    return [" ".join(s.split()) for s in re.findall(r"`([^`]+)`", prose)]
+
+
+def commands() -> list[str]:
+    """`python train.py ...` and `python eval.py ...` of the fenced blocks and the prose."""
+    blocks = re.findall(r"```[a-z]*\n(.*?)```", README, flags=re.S)
+    lines = [line for block in blocks for line in block.splitlines()] + _code_spans(README)
+    pattern = r"(\w+=\S+ )*python (train|eval)\.py\b"
+    return [line.strip() for line in lines if re.match(pattern, line.strip())]
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def any_value(key: str) -> str:
+    """`key=...` in the prose: any of a group's options (its first will do); any value of a
+    key (null: the key must exist)."""
+    return f"{key}={options(key)[0]}" if (CONF / key).is_dir() else f"{key}=null"
+
+
+def overrides_of(command: str) -> tuple[str, list[str]]:
+    """(config name, overrides of the first job): comments, environment variables, -m and `...`
+    dropped, placeholders filled in, a sweep's first value taken."""
+    for word, value in WORDS.items():
+        command = command.replace(word, value)
+    command = re.sub(r"(^|\s)<[^>]*>", " ", command)  # `python train.py <args>`: none given
+    args = shlex.split(command.replace("…", "..."), comments=True)
+    script = next(a for a in args if a.endswith(".py"))
+    args = [a for a in args[args.index(script) + 1 :] if a not in ("-m", "--multirun", "...")]
+    args = [re.sub(r"=(.*)$", lambda m: "=" + VALUES.get(m[1], m[1]), a) for a in args]
+    args = [any_value(a[:-4]) if a.endswith("=...") else a for a in args]
+    first = []
+    for arg, override in zip(args, OverridesParser.create().parse_overrides(args), strict=True):
+        if override.is_sweep_override():
+            arg = f"{override.get_key_element()}={next(override.sweep_string_iterator())}"
+        first.append(arg)
+    return Path(script).stem, first
+
+
+def compose_cfg(config: str, overrides: list[str]):
+    for arg in overrides:
+        needed = PLUGINS.get(arg)
+        if needed and importlib.util.find_spec(needed[0]) is None:
+            pytest.skip(f"{arg} needs {needed[0]} (pip install -e '.[{needed[1]}]')")
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config, overrides=overrides, return_hydra_config=True)
+
+
+def test_the_readme_shows_commands():
+    assert len(commands()) >= 25  # the parsing finds the recipes
+
+
+@pytest.mark.parametrize("command", commands(), ids=lambda c: c.split("#")[0].strip())
+def test_readme_command_composes(command: str):
+    config, overrides = overrides_of(command)
+    compose_cfg(config, overrides)  # an unknown key, group option or plugin raises
+
+
+def inline_overrides() -> list[str]:
+    """Single `key=value` mentions in the prose, e.g. `trainer.precision=32-true`."""
+    spans = _code_spans(README)
+    pattern = r"'?[a-z_][\w./]*=[^\s=]+'?"
+    found = {s.strip("'") for s in spans if re.fullmatch(pattern, s)}
+    return sorted(s for s in found if CONTEXT.get(s.split("=")[0], []) is not None)
+
+
+@pytest.mark.parametrize("mention", inline_overrides())
+def test_readme_inline_option_composes(mention: str):
+    key = mention.split("=", 1)[0]
+    if mention in INVALID:
+        with pytest.raises(Exception, match="Could not find"):
+            compose_cfg("train", [mention])
+        return
+    _, overrides = overrides_of(f"python train.py {mention}")
+    compose_cfg("train", [*CONTEXT.get(key, []), *overrides])
+
+
+def module_options() -> set[str]:
+    """The options the README names as the LightningModule's: the list in its sentence on
+    `module.` and every `module.<name>` it mentions (not cifar_lightning/module.py)."""
+    sentence = re.search(r"own options sit under `module\.`(.*?)\.\s+[A-Z]", README, flags=re.S)
+    assert sentence, "README: the sentence on the module. options is gone"
+    mentioned = set(re.findall(r"(?<![\w/.])module\.(\w+)", README)) - {"py"}
+    return set(re.findall(r"`(\w+)`", sentence[1])) | mentioned
+
+
+def test_every_module_option_the_readme_names_is_in_train_yaml():
+    options = module_options()
+    assert {"label_smoothing", "tta_level", "train_resolution"} <= options  # parsing works
+    module = compose_cfg("train", []).module
+    assert sorted(options - set(module)) == []
+
+
+def outputs_tree() -> dict[str, str]:
+    """The README's tree of one run's folder: {path in the run folder: its description}."""
+    block = re.search(r"## Outputs\n+```\n(.*?)```", README, flags=re.S)
+    assert block, "README: the outputs tree is gone"
+    entries: dict[str, str] = {}
+    inside = False
+    for line in block[1].splitlines():
+        indent = len(line) - len(line.lstrip())
+        if line.strip().startswith("runs/"):
+            inside = True
+        elif indent <= 2:
+            inside = False
+        elif inside and indent == 4:
+            path, _, text = line.strip().partition(" ")
+            entries[path] = text.strip()
+        elif inside and entries:  # a description's continuation line
+            last = list(entries)[-1]
+            entries[last] += " " + line.strip()
+    return entries
+
+
+def results_keys() -> set[str]:
+    """The keys the README's paragraph on `results.json` names."""
+    paragraph = re.search(r"\n`results\.json` \(.*?\n\n", README, flags=re.S)
+    assert paragraph, "README: the paragraph on results.json is gone"
+    return set(re.findall(r"`([a-z_]+)`", paragraph[0]))
