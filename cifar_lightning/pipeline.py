@@ -188,6 +188,8 @@ def train(cfg: DictConfig) -> float | None:
         return job.results.get("best_val_acc")
     if cfg.retain_cpu_memory and not memory.retain_freed_memory():
         log.info("retain_cpu_memory: not glibc, left to the C library's allocator")
+    if cfg.seed is not None and not isinstance(cfg.seed, int):
+        raise UserError(f"seed={cfg.seed!r} is not an integer: pass seed=N, or seed=null")
     seed = L.seed_everything(cfg.seed, workers=True)
     datamodule, module = build(cfg, seed)
     module.run_config = OmegaConf.to_container(cfg, resolve=True)

@@ -18,6 +18,7 @@ from pytorch_lightning.demos.boring_classes import BoringModel
 from cifar_lightning import checkpoint, cli
 from cifar_lightning.callbacks import BestCheckpoint, LastCheckpoint
 from cifar_lightning.config_checks import check_optimizer, check_targets, target_allowed
+from cifar_lightning.data import CIFAR10DataModule
 from cifar_lightning.errors import UserError
 from cifar_lightning.pipeline import train
 from tests.conftest import REPO, run_cli
@@ -347,3 +348,19 @@ def test_cli_bad_settings_are_one_error_line(script, args, expected, folder_root
     assert "Traceback" not in proc.stderr
     [line] = error_lines(proc.stderr)
     assert expected in line
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.train_size=-5", "data.train_size >= 1 or null"),
+        ("data.num_workers=-1", "data.num_workers must be >= 0"),
+        ("augment.crop_padding=-1", "crop_padding must be >= 0"),
+        ("augment.rotation=abc", "the augment settings are not valid"),
+    ],
+)
+def test_bad_data_settings_fail_when_the_datamodule_is_built(override, message):
+    cfg = compose_train(override)
+    data = {k: v for k, v in OmegaConf.to_container(cfg.data).items() if k != "_target_"}
+    with pytest.raises(UserError, match=message):
+        CIFAR10DataModule(**data, augment=OmegaConf.to_container(cfg.augment), seed=0)

@@ -31,6 +31,10 @@ class AugmentPreset:
     mean: Sequence[float] = field(default=CIFAR_MEAN)
     std: Sequence[float] = field(default=CIFAR_STD)
 
+    def __post_init__(self) -> None:
+        if self.crop_padding < 0:
+            raise ValueError(f"crop_padding must be >= 0, got {self.crop_padding}")
+
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any] | None) -> AugmentPreset:
         return cls(**dict(cfg or {}))

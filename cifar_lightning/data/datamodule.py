@@ -126,9 +126,7 @@ class ResumableLoader(DataLoader):
         order.load_state_dict(state)
 
 
-# Training images in the "train_clean" split: a fixed subset (the first of the training split,
-# whose order is fixed by data.split_seed), evaluated without augmentation after fit.
-CLEAN_TRAIN_IMAGES = 10_000
+CLEAN_TRAIN_IMAGES = 10_000  # the "train_clean" split: the training split's first (fixed) images
 
 
 class CIFAR10DataModule(L.LightningDataModule):
@@ -149,20 +147,18 @@ class CIFAR10DataModule(L.LightningDataModule):
         augment: Mapping[str, Any] | None = None,
         seed: int = 0,
     ) -> None:
-        """`seed`: the run's seed (what seed_everything returned), so each seed shuffles and
-        augments differently, and reproducibly."""
+        """`seed`: the run's seed (what seed_everything returned)."""
         super().__init__()
         if loader not in ("torch", "device"):
-            raise UserError(
-                f"data.loader={loader!r} is not an option: use data.loader=torch "
-                f"(DataLoader, per-image transforms) or data.loader=device (the split "
-                f"on the training device, batched augmentation)"
-            )
+            raise UserError(f"data.loader={loader!r} is not an option: use data.loader=torch "
+                            f"(DataLoader, per-image transforms) or data.loader=device (the "
+                            f"split on the training device, batched augmentation)")  # fmt: skip
         if batch_size < 1 or eval_batch_size < 1:
-            raise UserError(
-                f"data.batch_size and data.eval_batch_size must be >= 1, got "
-                f"{batch_size} and {eval_batch_size}"
-            )
+            raise UserError(f"data.batch_size and data.eval_batch_size must be >= 1, got "
+                            f"{batch_size} and {eval_batch_size}")  # fmt: skip
+        if num_workers < 0 or (train_size is not None and train_size < 1):
+            raise UserError(f"data.num_workers must be >= 0 and data.train_size >= 1 or null, "
+                            f"got {num_workers} and {train_size}")  # fmt: skip
         self.root = Path(root)
         self.download = download
         self.batch_size = batch_size
@@ -175,7 +171,11 @@ class CIFAR10DataModule(L.LightningDataModule):
         self.alternating_flip = alternating_flip
         self.seed = seed
         self._on_device: dict[tuple[str, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
-        self.augment = AugmentPreset.from_config(augment)
+        try:  # both pipelines built once here, so a bad augment value fails before training
+            self.augment = AugmentPreset.from_config(augment)
+            train_transform(self.augment), BatchAugment(self.augment)
+        except (TypeError, ValueError) as err:
+            raise UserError(f"the augment settings are not valid: {err}") from err
         self.train_set: ImageTensorDataset | None = None
         self.val_set: ImageTensorDataset | None = None
         self.test_set: ImageTensorDataset | None = None
