@@ -15,6 +15,7 @@ import yaml
 from lightning_fabric.plugins import TorchCheckpointIO
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
+from torchmetrics import Metric
 
 from cifar_lightning.errors import UserError
 from cifar_lightning.fileio import atomic_write
@@ -93,7 +94,10 @@ def restore_weights(module: nn.Module, ckpt: dict[str, Any], path: str | Path) -
     untrained model (the seed's 9.75 %)."""
     own = module.state_dict()
     saved = ckpt["state_dict"]
-    missing = [k for k in own if k not in saved]
+    # Running metric states (train_acc, train_loss) are not weights: a checkpoint written before
+    # one of them was kept may lack it, and loads with the metric's fresh state.
+    metrics = tuple(f"{n}." for n, m in module.named_modules() if n and isinstance(m, Metric))
+    missing = [k for k in own if k not in saved and not k.startswith(metrics)]
     unexpected = [k for k in saved if k not in own]
     shapes = [
         f"{k} (file {list(saved[k].shape)}, model {list(v.shape)})"
@@ -108,7 +112,7 @@ def restore_weights(module: nn.Module, ckpt: dict[str, Any], path: str | Path) -
             f"written by a run with another model= option, or is the file damaged?"
         )
     try:
-        module.load_state_dict(saved, strict=True)
+        module.load_state_dict({**own, **saved}, strict=True)  # absent metric states: fresh
     except RuntimeError as err:  # anything the key and shape checks above let through
         brief = " ".join(str(err).split())[:300]
         raise UserError(f"checkpoint {path} does not fit the model: {brief}") from err

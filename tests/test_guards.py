@@ -364,3 +364,23 @@ def test_bad_data_settings_fail_when_the_datamodule_is_built(override, message):
     data = {k: v for k, v in OmegaConf.to_container(cfg.data).items() if k != "_target_"}
     with pytest.raises(UserError, match=message):
         CIFAR10DataModule(**data, augment=OmegaConf.to_container(cfg.augment), seed=0)
+
+
+def test_a_checkpoint_without_a_running_metric_state_still_loads_its_weights():
+    from functools import partial
+
+    from cifar_lightning.models.seed_cnn import SeedCNN
+    from cifar_lightning.module import Classifier
+
+    def make() -> Classifier:
+        return Classifier(
+            SeedCNN(widths=[[8, 8], [8, 8], [8, 8]]), partial(torch.optim.SGD, lr=0.1)
+        )
+
+    saved = {k: v for k, v in make().state_dict().items() if not k.startswith("train_loss.")}
+    module = make()
+    checkpoint.restore_weights(module, {"state_dict": saved}, "old.ckpt")  # written before it
+    assert all(torch.equal(module.state_dict()[k], v) for k, v in saved.items())
+    del saved["net.head.2.weight"]
+    with pytest.raises(UserError, match="missing keys: net.head.2.weight"):
+        checkpoint.restore_weights(make(), {"state_dict": saved}, "old.ckpt")
