@@ -119,33 +119,30 @@ def tune_lr(trainer: L.Trainer, module: Classifier, datamodule: CIFAR10DataModul
 
 
 def after_fit_figures(
-    trainer: L.Trainer, module: Classifier, datamodule: CIFAR10DataModule
-) -> dict[str, float | None]:
+    trainer: L.Trainer, module: Classifier, datamodule: CIFAR10DataModule, test: dict | None
+) -> dict[str, Any]:
     """Figures of the tested model beyond the test stage: its accuracy on the validation split
     with the run's TTA (what a recipe is selected by), on a fixed subset of the training split
-    in eval mode without augmentation or TTA (its clean training accuracy), and on the test set
-    without TTA (the gap train_acc_clean - test_acc_plain compares one model measured one way).
-    The debug limits on test batches apply here too."""
+    in eval mode without augmentation or TTA (its clean training accuracy), and, when it was
+    tested, on the test set without TTA (the test's own figures when it ran without TTA), so
+    that train_acc_clean - test_acc_plain compares one model measured one way. The debug limits
+    on test batches apply here too."""
     trainer.limit_predict_batches = trainer.limit_test_batches
     tta = module.tta_level
-    figures: dict[str, float | None] = {"val_acc": None, "val_loss": None}
+    figures: dict[str, Any] = {"tta_level": tta, "val_acc": None, "val_loss": None}
     if datamodule.has_val:
         figures["val_acc"], figures["val_loss"] = score(
             trainer, module, datamodule.eval_loader("val"), tta
         )
     clean = score(trainer, module, datamodule.eval_loader("train_clean"), 0)
     figures["train_acc_clean"], figures["train_loss_clean"] = clean
+    if test is not None:
+        if tta:
+            plain = score(trainer, module, datamodule.eval_loader("test"), 0)
+        else:
+            plain = test["test_acc"], test["test_loss"]
+        figures["test_acc_plain"], figures["test_loss_plain"] = plain
     return figures
-
-
-def test_plain(
-    trainer: L.Trainer, module: Classifier, datamodule: CIFAR10DataModule, test: dict
-) -> dict[str, float]:
-    """Test accuracy and loss without TTA: the test's own when it ran without TTA."""
-    if module.tta_level == 0:
-        return {"test_acc_plain": test["test_acc"], "test_loss_plain": test["test_loss"]}
-    acc, loss = score(trainer, module, datamodule.eval_loader("test"), 0)
-    return {"test_acc_plain": acc, "test_loss_plain": loss}
 
 
 def save_results(
@@ -233,13 +230,10 @@ def train(cfg: DictConfig) -> float | None:
         best_val = float(ckpt_cb.best_model_score)
     datamodule.setup("test")  # a run with train=false has not loaded the data yet
     test = run_test(trainer, module, datamodule) if cfg.test else None
-    figures = after_fit_figures(trainer, module, datamodule)
-    if test is not None:
-        figures.update(test_plain(trainer, module, datamodule, test))
+    figures = after_fit_figures(trainer, module, datamodule, test)
     if trainer.is_global_zero:
         save_results(
             out, test, health, trainer, datamodule,
-            tta_level=module.tta_level,
             **figures,
             train_acc=_scalar(train_metrics, "train/acc"),
             train_loss=_scalar(train_metrics, "train/loss"),
@@ -286,12 +280,10 @@ def evaluate(cfg: DictConfig) -> float:
     trainer = make_trainer(trainer_cfg, cfg.logger, [health] if health is not None else [], out)
     datamodule.setup("test")
     test = run_test(trainer, module, datamodule)
-    figures = after_fit_figures(trainer, module, datamodule)
-    figures.update(test_plain(trainer, module, datamodule, test))
+    figures = after_fit_figures(trainer, module, datamodule, test)
     if trainer.is_global_zero:
         save_results(
             out, test, health, trainer, datamodule,
-            tta_level=module.tta_level,
             **figures,
             train_acc=None,  # training metrics live in the training run's results.json
             train_loss=None,
