@@ -227,4 +227,15 @@ def check_cli(argv: list[str], default_dir: str = "outputs") -> None:
     multirun = "-m" in args or "--multirun" in args
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     chosen = [a.split("=", 1)[1] for a in args if a.startswith(f"{key}=")]
-    check_writable(Path(chosen[-1] if chosen else default_dir), key)
+    check_writable(_static_folder(chosen[-1]) if chosen else Path(default_dir), key)
+
+
+def _static_folder(value: str) -> Path:
+    """The folder an override value names, as far as it is known before Hydra resolves it:
+    quotes removed (Lightning's DDP relaunch passes hydra.run.dir="..."), and for a value with
+    an interpolation (outputs/${now:...}) the folder above it, so no literal '${' folder is made."""
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+        value = value[1:-1]
+    if "${" in value:
+        return Path(value.split("${", 1)[0] + "x").parent  # the part before it, as a folder
+    return Path(value)

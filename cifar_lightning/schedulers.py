@@ -6,6 +6,8 @@ returns a Lightning scheduler config, so no config hard-codes a schedule length.
 
 from __future__ import annotations
 
+import math
+
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, LRScheduler, OneCycleLR
 
@@ -17,9 +19,36 @@ def onecycle(
     return {"scheduler": sched, "interval": "step"}
 
 
-def cosine(optimizer: Optimizer, total_steps: int, eta_min: float = 0.0) -> dict:
-    sched = CosineAnnealingLR(optimizer, T_max=total_steps, eta_min=eta_min)
+def cosine(
+    optimizer: Optimizer, total_steps: int, eta_min: float = 0.0, warmup: float = 0.0
+) -> dict:
+    """Cosine decay from the optimizer's lr to eta_min over the fit. warmup: the fraction of the
+    fit first spent rising linearly from 0 to the full lr (the cosine then spans the rest);
+    with eta_min > 0 only without warm-up (torch's CosineAnnealingLR, as before)."""
+    if not 0.0 <= warmup < 1.0:
+        raise ValueError(f"scheduler.warmup is a fraction of the fit in [0, 1), got {warmup}")
+    if warmup == 0.0:
+        sched = CosineAnnealingLR(optimizer, T_max=total_steps, eta_min=eta_min)
+    elif eta_min:
+        raise ValueError("scheduler.eta_min must be 0 with scheduler.warmup > 0")
+    else:
+        sched = LambdaLR(optimizer, _WarmupCosine(total_steps, warmup))
     return {"scheduler": sched, "interval": "step"}
+
+
+class _WarmupCosine:
+    """lr factor: linear from 0 (exclusive) to 1 over the first `warmup` of the steps, then a
+    half cosine down to 0 at `total_steps`."""
+
+    def __init__(self, total_steps: int, warmup: float) -> None:
+        self.total = max(1, total_steps)
+        self.warm = max(1, round(warmup * self.total))
+
+    def __call__(self, step: int) -> float:
+        if step < self.warm:
+            return (step + 1) / self.warm
+        t = min(1.0, (step - self.warm) / max(1, self.total - self.warm))
+        return 0.5 * (1.0 + math.cos(math.pi * t))
 
 
 class _LinearDecay:

@@ -105,6 +105,15 @@ def test_an_unwritable_output_folder_is_refused_before_anything_runs(tmp_path):
     check_cli([f"hydra.run.dir={tmp_path / 'fine'}"])
 
 
+def test_the_output_folder_check_makes_no_stray_folders(tmp_path, monkeypatch):
+    # Lightning's DDP relaunch quotes the run dir; an interpolation is resolved only by Hydra.
+    monkeypatch.chdir(tmp_path)
+    check_cli([f'hydra.run.dir="{tmp_path / "quoted"}"'])
+    check_cli(["hydra.run.dir=outs/${now:%H-%M-%S}"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["outs", "quoted"]
+    assert not list((tmp_path / "outs").iterdir())
+
+
 @pytest.mark.slow
 def test_cli_unwritable_output_is_one_clear_error(tmp_path):
     blocker = tmp_path / "a-file"

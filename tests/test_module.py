@@ -231,3 +231,27 @@ def test_tune_lr_refuses_a_recipe_with_several_learning_rates():
     muon = Classifier(FastNet(widths=(8, 16, 16)), partial(Muon, lr=0.1))
     with pytest.raises(UserError, match=r"\(Muon\)"):
         tune_lr(None, muon, None)
+
+
+def test_cosine_warmup_rises_then_decays_to_zero_and_without_it_is_torchs():
+    from cifar_lightning.schedulers import cosine
+
+    def lrs(**kw: float) -> list[float]:
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.5)
+        sched = cosine(opt, total_steps=20, **kw)["scheduler"]
+        out = []
+        for _ in range(20):
+            out.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        return out + [opt.param_groups[0]["lr"]]
+
+    warm = lrs(warmup=0.1)  # 2 warm-up steps
+    assert warm[:3] == pytest.approx([0.25, 0.5, 0.5])
+    assert all(a >= b for a, b in zip(warm[2:], warm[3:], strict=False))
+    assert warm[-1] == pytest.approx(0.0, abs=1e-12)
+    assert warm[11] == pytest.approx(0.25)  # halfway through the 18 cosine steps
+    plain = lrs()
+    assert plain[0] == 0.5 and plain[10] == pytest.approx(0.25) and plain[-1] == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="warmup"):
+        lrs(warmup=1.0)

@@ -187,8 +187,18 @@ def test_best_run_is_picked_by_validation_only(tmp_path: Path):
         (run / "confusion_matrix.png").write_bytes(run.name.encode())
     assert report_main([str(tmp_path)]) == 0
     text = (tmp_path / "report.md").read_text()
-    assert f"`{high_val.name}` (best val acc 60.00 %, test acc 40.00 %)" in text
+    assert f"`{high_val.name}` (val acc 60.00 %, test acc 40.00 %)" in text
     assert (tmp_path / "best_confusion_matrix.png").read_bytes() == high_val.name.encode()
+
+
+def test_the_tested_checkpoints_val_acc_selects_before_the_per_epoch_best(tmp_path: Path):
+    # val_acc (the tested checkpoint with TTA) decides; best_val_acc only stands in without it.
+    low_epoch = make_run(tmp_path, ["seed=0"], results(val=0.50, val_acc=0.65))
+    make_run(tmp_path, ["seed=1"], results(val=0.60, val_acc=0.62))
+    assert report_main([str(tmp_path)]) == 0
+    assert f"`{low_epoch.name}` (val acc 65.00 %," in (tmp_path / "report.md").read_text()
+    row = csv_rows(tmp_path)["all runs"]
+    assert float(row["val_acc_mean"]) == pytest.approx(0.635)
 
 
 def test_without_validation_no_best_run_is_picked(tmp_path: Path):
@@ -305,3 +315,30 @@ def test_command_line(study: Path):
     assert "| adam | 3 |" in proc.stdout and "wrote" in proc.stdout
     proc = run("--group-by", "optimizer", str(study))  # the folder taken for a key
     assert proc.returncode == 2 and "give the run folder(s), before --group-by" in proc.stderr
+
+
+def test_versus_plots_validation_against_each_runs_swept_rate(tmp_path: Path):
+    from cifar_lightning.report.groups import group_runs
+    from cifar_lightning.report.plots import plot_versus
+    from cifar_lightning.report.runs import find_runs
+
+    for opt, key, rates in (("adam", "optimizer.lr", ["1e-3", "1e-2"]),
+                            ("adam_to_sgd", "optimizer.sgd_lr", ["0.1"])):  # fmt: skip
+        for i, lr in enumerate(rates):
+            for seed, val in ((0, 0.5 + i / 10), (1, 0.6 + i / 10)):
+                make_run(tmp_path, [f"optimizer={opt}", f"{key}={lr}", f"seed={seed}"],
+                         results(val_acc=val))  # fmt: skip
+    keys = ["optimizer.sgd_lr", "optimizer.lr"]  # adam_to_sgd's own rate comes first
+    grouping = group_runs(find_runs([tmp_path]), ["optimizer", *keys])
+    points = plot_versus(grouping, keys, tmp_path / "v.png")
+    assert points == {
+        "adam": {1e-3: [0.5, 0.6], 1e-2: [0.6, 0.7]},
+        "adam_to_sgd": {0.1: [0.5, 0.6]},
+    } or points == {"adam": {1e-3: [0.6, 0.5], 1e-2: [0.7, 0.6]}, "adam_to_sgd": {0.1: [0.6, 0.5]}}
+    assert (tmp_path / "v.png").stat().st_size > 0
+    assert report_main([str(tmp_path), "--group-by", "optimizer", "--versus", *keys]) == 0
+    assert (
+        "![validation accuracy against optimizer.sgd_lr](val_acc_versus.png)"
+        in (tmp_path / "report.md").read_text()
+    )
+    assert report_main([str(tmp_path), "--versus", "optimizer.momentum"]) == 2

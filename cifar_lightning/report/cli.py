@@ -2,11 +2,13 @@
 
 PATH is a multirun folder or any folder of runs (the first PATH receives the report). Reads only
 the outputs contract of train.py: `.hydra/` configs, `results.json` and `metrics.csv`. Writes
-`report.md`, `summary.csv`, `curves.png`, `per_class_heatmap.png` and
-`best_confusion_matrix.png` (of the best run by validation accuracy), and prints the tables.
+`report.md`, `summary.csv`, `curves.png`, `per_class_heatmap.png`,
+`best_confusion_matrix.png` (of the best run by validation accuracy) and, with --versus,
+`val_acc_versus.png`, and prints the tables.
 
-Per group: n, mean ± 95 % t confidence interval over seeds of test accuracy, clean training
-accuracy, their gap and best validation accuracy; between groups: Welch's t-test, Holm-corrected.
+Per group: n, mean ± 95 % t confidence interval over seeds of validation accuracy (the tested
+checkpoint, with TTA), test accuracy, clean training accuracy, their gap and the best per-epoch
+validation accuracy; between groups: Welch's t-test, Holm-corrected.
 A WARNING when the runs differ in code commit, dirty state, data or device. Runs without
 results.json are listed as failed or incomplete, never dropped silently.
 """
@@ -26,6 +28,8 @@ examples:
   python -m cifar_lightning.report outputs/multirun/<a> outputs/multirun/<b> --target 0.45
   python -m cifar_lightning.report outputs/multirun/<date> --group-by optimizer
   python -m cifar_lightning.report outputs/multirun/<date> --group-by optimizer,optimizer.sgd_lr
+  python -m cifar_lightning.report outputs/multirun/<date> --group-by optimizer optimizer.lr \
+      --versus optimizer.lr
 
 Give the folders before --group-by (or write --group-by=KEY): its keys run to the next option.
 """
@@ -54,6 +58,15 @@ def parser() -> argparse.ArgumentParser:
         "optimizer optimizer.sgd_lr); a key a run did not override is read from its saved "
         "config. Default: every override that differs between runs, the seed and paths excepted",
     )
+    p.add_argument(
+        "--versus",
+        nargs="+",
+        action="extend",
+        metavar="KEY",
+        help="also plot validation accuracy against this swept number, log scale (e.g. "
+        "optimizer.lr; with several keys each run uses the first it overrides), one line per "
+        "setting of the other --group-by keys: val_acc_versus.png",
+    )
     return p
 
 
@@ -68,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"outputs/multirun/<date>.", file=sys.stderr)  # fmt: skip
             return 2
     try:
-        print(write_report(args.paths, args.target, args.group_by))
+        print(write_report(args.paths, args.target, args.group_by, args.versus))
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -8,10 +8,11 @@ from pathlib import Path
 from cifar_lightning.errors import UserError
 from cifar_lightning.fileio import atomic_write
 from cifar_lightning.report import origin, plots, tables
-from cifar_lightning.report.groups import group_runs
-from cifar_lightning.report.runs import Run, best_run, find_runs
+from cifar_lightning.report.groups import group_runs, split_keys
+from cifar_lightning.report.runs import Run, best_run, find_runs, selection_metric
 from cifar_lightning.report.summary import compare, summarise
 
+VERSUS = "val_acc_versus.png"
 NO_VALIDATION = "no validation split: no best run is picked"
 PAIRWISE_NOTE = (
     "Welch's t-test (unequal variances, two-sided) of equal means between every two groups, "
@@ -30,9 +31,9 @@ def _best_section(best: Run | None, runs: list[Run], out: Path) -> list[str]:
         target.unlink(missing_ok=True)  # a previous report's, of a run no longer picked
         reason = NO_VALIDATION if any(r.ok for r in runs) else "no complete run: none is picked"
         return [f"{reason} (the test set selects nothing).", ""]
-    val = tables.pct(best.metric("best_val_acc"))
+    val = tables.pct(selection_metric(best))
     test = best.metric("test_acc")
-    lines = [f"Picked by validation accuracy only: `{_rel(best.path, out)}` (best val acc "
+    lines = [f"Picked by validation accuracy only: `{_rel(best.path, out)}` (val acc "
              f"{val} %, test acc " + ("not tested" if test is None else f"{tables.pct(test)} %")
              + ")."]  # fmt: skip
     if (best.path / "confusion_matrix.png").is_file():
@@ -43,8 +44,12 @@ def _best_section(best: Run | None, runs: list[Run], out: Path) -> list[str]:
     return lines + [""]
 
 
-def write_report(paths: list[Path], target: float = 0.6, group_by: list[str] | None = None) -> str:
-    """Write the report into paths[0]; return what the console shows."""
+def write_report(
+    paths: list[Path], target: float = 0.6, group_by: list[str] | None = None,
+    versus: list[str] | None = None,
+) -> str:  # fmt: skip
+    """Write the report into paths[0]; return what the console shows. versus: the swept keys
+    (e.g. optimizer.lr) of the validation-accuracy figure, val_acc_versus.png."""
     out = paths[0]
     runs = find_runs(paths)
     if not runs:
@@ -77,6 +82,13 @@ def write_report(paths: list[Path], target: float = 0.6, group_by: list[str] | N
         "## Pairwise comparisons", "", PAIRWISE_NOTE, "", pairs, "",
         "## Learning curves", "", "![learning curves](curves.png)", "",
     ]  # fmt: skip
+    keys = split_keys(versus)
+    if keys and plots.plot_versus(grouping, keys, out / VERSUS):
+        lines += [f"## Validation accuracy against {' or '.join(keys)}", "",
+                  f"![validation accuracy against {keys[0]}]({VERSUS})", ""]  # fmt: skip
+    elif keys:
+        raise UserError(f"--versus {' '.join(keys)}: no complete run with a validation figure "
+                        f"overrides it with a positive number.")  # fmt: skip
     if heatmap:
         lines += ["## Per-class test accuracy", "",
                   "![per-class test accuracy](per_class_heatmap.png)", ""]  # fmt: skip

@@ -7,7 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from cifar_lightning.fileio import atomic_write
+from cifar_lightning.report import groups as grouping_rules
 from cifar_lightning.report.groups import Grouping
+from cifar_lightning.report.runs import Run, selection_metric
 
 
 def _plt() -> Any:
@@ -85,3 +87,54 @@ def plot_heatmap(grouping: Grouping, path: Path) -> bool:
     fig.tight_layout()
     _save(fig, path)
     return True
+
+
+def _swept_value(run: Run, keys: list[str]) -> float | None:
+    """The first of keys that the run overrode, as a number (None: none, or not a number)."""
+    for key in keys:
+        if key in run.overrides:
+            try:
+                return float(run.overrides[key])
+            except ValueError:
+                return None
+    return None
+
+
+def plot_versus(
+    grouping: Grouping, keys: list[str], path: Path
+) -> dict[str, dict[float, list[float]]]:
+    """Validation accuracy (the selection metric) against a swept number such as the learning
+    rate, log x axis: one line per setting of the --group-by keys other than `keys`, through the
+    mean over seeds at each value, every run a dot. Returns the points, series -> x -> values
+    ({}: nothing written)."""
+    series: dict[str, dict[float, list[float]]] = {}
+    others = [k for k in grouping.keys if k not in keys]
+    for runs in grouping.groups.values():
+        for run in runs:
+            x, y = _swept_value(run, keys), selection_metric(run) if run.ok else None
+            if x is None or y is None or x <= 0:
+                continue
+            name = grouping_rules.label(run, others, True) if others else "all runs"
+            series.setdefault(name, {}).setdefault(x, []).append(y)
+    if not series:
+        return series
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for i, (name, points) in enumerate(sorted(series.items())):
+        xs = sorted(points)
+        ax.plot(xs, [100 * statistics.fmean(points[x]) for x in xs], "-o", color=f"C{i}",
+                label=name)  # fmt: skip
+        for x in xs:
+            ax.scatter([x] * len(points[x]), [100 * y for y in points[x]], color=f"C{i}",
+                       s=12, alpha=0.5)  # fmt: skip
+    ax.set_xscale("log")
+    ax.set(
+        xlabel=" or ".join(keys) + " (the first one a run overrides)",
+        ylabel="val acc % (tested checkpoint)",
+        title="validation accuracy (mean over seeds)",
+    )
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, title=" / ".join(others) or None)
+    fig.tight_layout()
+    _save(fig, path)
+    return series

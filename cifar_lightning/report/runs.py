@@ -20,7 +20,9 @@ import yaml
 from cifar_lightning.results import RESULTS_NAME, read_overrides
 
 # What a group averages over.
-METRICS = ("test_acc", "train_acc_clean", "gap", "best_val_acc")
+# val_acc: the tested checkpoint on the validation split, with the run's TTA (the selection
+# metric); best_val_acc: the best per-epoch validation figure (no TTA).
+METRICS = ("val_acc", "test_acc", "train_acc_clean", "gap", "best_val_acc")
 CURVES = ("train/loss", "train/acc", "val/acc", "val/loss")
 
 
@@ -168,10 +170,16 @@ def find_runs(paths: list[Path]) -> list[Run]:
 
 
 def best_run(runs: list[Run]) -> Run | None:
-    """The complete run with the highest best_val_acc; None when no run has a validation figure.
+    """The complete run with the highest validation accuracy; None when no run has one.
 
-    Validation only: the test set selects nothing, not even between runs tied on validation
-    (the first such run in folder order is taken).
+    The figure is val_acc (the tested checkpoint, with the run's TTA), or best_val_acc for runs
+    written before val_acc existed. Validation only: the test set selects nothing, not even
+    between runs tied on validation (the first such run in folder order is taken).
     """
-    scored = [r for r in runs if r.ok and r.metric("best_val_acc") is not None]
-    return max(scored, key=lambda r: r.metric("best_val_acc")) if scored else None
+    scored = [(v, r) for r in runs if r.ok and (v := selection_metric(r)) is not None]
+    return max(scored, key=lambda vr: vr[0])[1] if scored else None
+
+
+def selection_metric(run: Run) -> float | None:
+    value = run.metric("val_acc")
+    return value if value is not None else run.metric("best_val_acc")

@@ -9,7 +9,7 @@ from cifar_lightning.report.groups import Grouping
 from cifar_lightning.report.runs import METRICS, Run
 from cifar_lightning.report.stats import Comparison, Summary, describe, pairwise
 
-COMPARED = ("test_acc", "gap")  # the metrics tested pairwise
+COMPARED = ("val_acc", "test_acc", "gap")  # the metrics tested pairwise
 
 
 @dataclass

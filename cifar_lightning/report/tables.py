@@ -12,6 +12,7 @@ from cifar_lightning.report.summary import GroupSummary
 
 NONE = "–"
 NAMES = {
+    "val_acc": "val acc",
     "test_acc": "test acc",
     "train_acc_clean": "clean train acc",
     "gap": "gap (clean train − plain test)",
@@ -20,7 +21,9 @@ NAMES = {
 LEGEND = (
     f"Cells: mean ± half-width of the {100 * CONFIDENCE:.0f} % t confidence interval of the "
     "mean over seeds (n − 1 degrees of freedom), in % (gap: percentage points); `± –`: a single "
-    "run; (n=k): k runs have the figure. Clean train acc: eval-mode accuracy of the tested "
+    "run; (n=k): k runs have the figure. Val acc: the tested checkpoint on the validation "
+    "split, with the run's TTA (what selects); best val acc: the best per-epoch figure, no TTA. "
+    "Clean train acc: eval-mode accuracy of the tested "
     "checkpoint on a fixed training subset, no augmentation, no TTA. Gap: clean train acc minus "
     "the test accuracy of the same checkpoint without TTA."
 )
