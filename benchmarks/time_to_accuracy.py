@@ -8,8 +8,9 @@ Lookahead's last average; last.ckpt saved and loaded back) and its test with TTA
 is added to its config (benchmarks/clock.py) to stamp the stages on a clock (ON_CLOCK and
 OFF_CLOCK below say what it counts) and to evaluate the test accuracy after each epoch, a
 diagnostic off the clock (--no-epoch-eval: none). --seeds: one run per seed, in one process,
-and their mean. --warmup-steps: an untimed run first, so that one-time costs of the process
-(CUDA context, cuDNN's algorithm search, torch.compile) stay off the clock.
+and their mean; --keep DIR keeps each run's folder (DIR/seed=S, for eval.py). --warmup-steps:
+an untimed run first, so that one-time costs of the process (CUDA context, cuDNN's algorithm
+search, torch.compile) stay off the clock.
 
     python benchmarks/time_to_accuracy.py data.root=data/cifar10-jpeg --threads 2
     python benchmarks/time_to_accuracy.py --experiment fast94 --seeds 0 1 2 3 4 \\
@@ -18,6 +19,7 @@ and their mean. --warmup-steps: an untimed run first, so that one-time costs of 
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import statistics
@@ -54,11 +56,18 @@ OFF_CLOCK = {
 CLOCK = {"on the clock": {k: v[1] for k, v in ON_CLOCK.items()}, "off the clock": OFF_CLOCK}
 
 
-def run(args: Any, overrides: list[str], epoch_eval: bool) -> dict[str, Any]:
-    """One pipeline.train of the recipe, timed as the module docstring says."""
+def run(
+    args: Any, overrides: list[str], epoch_eval: bool, keep: Path | None = None
+) -> dict[str, Any]:
+    """One pipeline.train of the recipe, timed as the module docstring says; in the run folder
+    `keep` (kept: checkpoints, results.json, log) or a temporary one."""
     gc.collect()  # the previous run's trainer and data sit in reference cycles
     EpochClock.made.clear()
-    with tempfile.TemporaryDirectory() as tmp:
+    if keep is not None and keep.exists() and any(keep.iterdir()):
+        # A finished run there would be skipped (a resumable sweep job), an unfinished resumed.
+        raise SystemExit(f"--keep: {keep} is not empty; choose a new folder")
+    folder = contextlib.nullcontext(str(keep)) if keep else tempfile.TemporaryDirectory()
+    with folder as tmp:
         start = time.perf_counter()
         with run_config(args.experiment, overrides, Path(tmp)) as cfg:
             with open_dict(cfg):
@@ -105,6 +114,7 @@ def run(args: Any, overrides: list[str], epoch_eval: bool) -> dict[str, Any]:
         "target": args.target,
         "time_to_target_s": hit[0],
         "target_reached_at": hit[2],
+        "run_dir": str(keep) if keep else None,
         "config": config,
     }
 
@@ -161,6 +171,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Any:
     p.add_argument("--warmup-steps", type=int, default=0, help="an untimed run of N steps first")
     p.add_argument("--no-epoch-eval", dest="epoch_eval", action="store_false",
                    help="no per-epoch diagnostic test evaluations")  # fmt: skip
+    p.add_argument("--keep", type=Path, metavar="DIR",
+                   help="keep each run's folder as DIR/seed=S (for eval.py)")  # fmt: skip
     return parse(p, argv)
 
 
@@ -175,7 +187,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         warmup = {"steps": args.warmup_steps, "on_clock_s": warm["on_clock_s"]}
     runs = []
     for seed in [[f"seed={s}"] for s in args.seeds] if args.seeds else [[]]:
-        runs.append(run(args, [*args.overrides, *seed], args.epoch_eval))
+        keep = args.keep / (seed[0] if seed else "run") if args.keep else None
+        runs.append(run(args, [*args.overrides, *seed], args.epoch_eval, keep))
         print_run(runs[-1])
     result = runs[0] if len(runs) == 1 else {"runs": runs, **seed_summary(runs)}
     result.update(clock=CLOCK, epoch_eval=args.epoch_eval, warmup=warmup)

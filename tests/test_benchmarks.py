@@ -27,7 +27,7 @@ def tta_runs(folder_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
     """Two epochs of fast_cpu, with the per-epoch diagnostics and without."""
     out = tmp_path_factory.mktemp("tta")
     runs = {}
-    for name, extra in (("eval", []), ("no_eval", ["--no-epoch-eval"])):
+    for name, extra in (("eval", []), ("no_eval", ["--no-epoch-eval", f"--keep={out / 'kept'}"])):
         argv = [f"data.root={folder_root}", *TINY, "trainer.max_epochs=2", *extra,
                 f"--out={out / name}.json"]  # fmt: skip
         runs[name] = time_to_accuracy.main(argv)
@@ -35,6 +35,15 @@ def tta_runs(folder_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
             runs[name]["on_clock_s"]
         )
     return runs
+
+
+def test_time_to_accuracy_keeps_the_run_folder_for_eval_py(tta_runs):
+    kept = Path(tta_runs["no_eval"]["run_dir"])
+    assert json.loads((kept / "results.json").read_text())["test_acc"] == (
+        tta_runs["no_eval"]["final_test_acc"])  # fmt: skip
+    assert (kept / "checkpoints" / "last.ckpt").is_file()
+    with pytest.raises(SystemExit, match="not empty"):
+        time_to_accuracy.run(time_to_accuracy.parse_args([]), [], False, kept)
 
 
 def test_time_to_accuracy_clock_parts_and_rows(tta_runs):
