@@ -60,12 +60,10 @@ def run(
     args: Any, overrides: list[str], epoch_eval: bool, keep: Path | None = None
 ) -> dict[str, Any]:
     """One pipeline.train of the recipe, timed as the module docstring says; in the run folder
-    `keep` (kept: checkpoints, results.json, log) or a temporary one."""
+    `keep` (kept: checkpoints, results.json, log; it must be new or empty) or a temporary one."""
     gc.collect()  # the previous run's trainer and data sit in reference cycles
     EpochClock.made.clear()
-    if keep is not None and keep.exists() and any(keep.iterdir()):
-        # A finished run there would be skipped (a resumable sweep job), an unfinished resumed.
-        raise SystemExit(f"--keep: {keep} is not empty; choose a new folder")
+    _check_keep(keep)
     folder = contextlib.nullcontext(str(keep)) if keep else tempfile.TemporaryDirectory()
     with folder as tmp:
         start = time.perf_counter()
@@ -117,6 +115,12 @@ def run(
         "run_dir": str(keep) if keep else None,
         "config": config,
     }
+
+
+def _check_keep(keep: Path | None) -> None:
+    # A finished run there would be skipped (a resumable sweep job), an unfinished one resumed.
+    if keep is not None and keep.exists() and any(keep.iterdir()):
+        raise SystemExit(f"--keep: {keep} is not empty; choose a new folder")
 
 
 def print_run(r: dict[str, Any]) -> None:
@@ -172,12 +176,16 @@ def parse_args(argv: Sequence[str] | None = None) -> Any:
     p.add_argument("--no-epoch-eval", dest="epoch_eval", action="store_false",
                    help="no per-epoch diagnostic test evaluations")  # fmt: skip
     p.add_argument("--keep", type=Path, metavar="DIR",
-                   help="keep each run's folder as DIR/seed=S (for eval.py)")  # fmt: skip
+                   help="keep each run's folder, DIR/seed=S or DIR/run (for eval.py)")  # fmt: skip
     return parse(p, argv)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    seeds = [[f"seed={s}"] for s in args.seeds] if args.seeds else [[]]
+    keeps = [args.keep / (seed[0] if seed else "run") if args.keep else None for seed in seeds]
+    for keep in keeps:  # all of them before the first timed run
+        _check_keep(keep)
     warmup = None
     if args.warmup_steps:
         # The same recipe, cut short: its kernels, cuDNN's algorithm choices and compiled graphs
@@ -186,8 +194,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         warm = run(args, [*args.overrides, f"trainer.max_steps={args.warmup_steps}"], False)
         warmup = {"steps": args.warmup_steps, "on_clock_s": warm["on_clock_s"]}
     runs = []
-    for seed in [[f"seed={s}"] for s in args.seeds] if args.seeds else [[]]:
-        keep = args.keep / (seed[0] if seed else "run") if args.keep else None
+    for seed, keep in zip(seeds, keeps, strict=True):
         runs.append(run(args, [*args.overrides, *seed], args.epoch_eval, keep))
         print_run(runs[-1])
     result = runs[0] if len(runs) == 1 else {"runs": runs, **seed_summary(runs)}

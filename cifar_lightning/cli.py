@@ -27,12 +27,14 @@ from typing import Any, NoReturn
 
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException, InstantiationException, OverrideParseException
 from hydra.types import RunMode
 from lightning_fabric.utilities.exceptions import MisconfigurationException
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 from pytorch_lightning.utilities import rank_zero_only
 
+from cifar_lightning import provenance
 from cifar_lightning.errors import EXIT_USAGE, UserError
 
 log = logging.getLogger(__name__)
@@ -176,6 +178,7 @@ def run_main(hydra_main: Callable[[], Any], argv: list[str]) -> None:
         check_cli(argv)
     except UserError as err:
         exit_with(str(err))
+    provenance.code_at_start()  # the code this process imported, before a long sweep goes on
     if TRACEBACKS not in os.environ:  # what the user asked for, kept for child processes (DDP)
         os.environ[TRACEBACKS] = "1" if os.environ.get(FULL_ERROR) == "1" else "0"
     if os.environ[TRACEBACKS] == "1":
@@ -226,16 +229,23 @@ def check_cli(argv: list[str], default_dir: str = "outputs") -> None:
                             f"Install it with: pip install -e '.[{extra}]'")  # fmt: skip
     multirun = "-m" in args or "--multirun" in args
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
-    chosen = [a.split("=", 1)[1] for a in args if a.startswith(f"{key}=")]
-    check_writable(_static_folder(chosen[-1]) if chosen else Path(default_dir), key)
+    chosen = [a for a in args if a.startswith(f"{key}=")]
+    folder = _static_folder(chosen[-1]) if chosen else Path(default_dir)
+    if folder is not None:
+        check_writable(folder, key)
 
 
-def _static_folder(value: str) -> Path:
-    """The folder an override value names, as far as it is known before Hydra resolves it:
-    quotes removed (Lightning's DDP relaunch passes hydra.run.dir="..."), and for a value with
-    an interpolation (outputs/${now:...}) the folder above it, so no literal '${' folder is made."""
-    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-        value = value[1:-1]
+def _static_folder(override: str) -> Path | None:
+    """The folder a `key=value` override names, as far as it is known before Hydra resolves
+    it: the value as Hydra parses it (quotes and escapes: Lightning's DDP relaunch passes
+    hydra.run.dir="..."), and for a value with an interpolation (outputs/${now:...}) the folder
+    above it, so that no literal '${' folder is made. None: Hydra will reject the override."""
+    try:
+        value = OverridesParser.create().parse_override(override).value()
+    except HydraException:
+        return None  # run_main reports Hydra's own message
+    if not isinstance(value, str):
+        return None
     if "${" in value:
         return Path(value.split("${", 1)[0] + "x").parent  # the part before it, as a folder
     return Path(value)

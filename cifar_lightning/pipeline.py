@@ -151,7 +151,7 @@ def save_results(
     health: Any,
     trainer: L.Trainer,
     datamodule: CIFAR10DataModule,
-    code: tuple[str | None, bool | None] | None = None,
+    code: tuple[str | None, bool | None] | None = None,  # provenance.code_at_start()
     **fields: Any,
 ) -> None:
     """results.json (the outputs contract) and the confusion matrix, for train.py and eval.py.
@@ -176,15 +176,16 @@ def _scalar(metrics: dict, key: str) -> float | None:
 
 
 def train(cfg: DictConfig) -> float | None:
-    """Fit, then test the best checkpoint. Returns the best val/acc (what a sweeper optimises:
-    the test set never shapes model selection)."""
-    code = provenance.git_state()  # the code this process imported, before anything can edit it
+    """Fit, then test the best checkpoint. Returns what a sweeper optimises, the validation
+    accuracy of the tested checkpoint (results.selection_value): the test set never shapes
+    model selection."""
+    code = provenance.code_at_start()
     out = output_dir()
     # A job continues from what its folder holds (a rerun sweep, a requeued SLURM job): skipped
     # when finished, before anything (the CSV logger) writes there; else resumed from last.ckpt.
     job = sweep.check_job(cfg, out)
     if job.state == sweep.DONE:
-        return job.results.get("best_val_acc")
+        return results.selection_value(job.results)
     if cfg.retain_cpu_memory and not memory.retain_freed_memory():
         log.info("retain_cpu_memory: not glibc, left to the C library's allocator")
     if cfg.seed is not None and not isinstance(cfg.seed, int):
@@ -246,14 +247,14 @@ def train(cfg: DictConfig) -> float | None:
             checkpoint=tested,
         )  # fmt: skip
         trackers.log_run_files(trainer, out, module.run_config)
-    return best_val
+    return results.selection_value({**figures, "best_val_acc": best_val})
 
 
 def evaluate(cfg: DictConfig) -> float:
     """Re-test a checkpoint exactly as its training run tested it: the run's own config for the
     data, model and trainer (precision, TTA, batch sizes, limits); only the data folder
     (data.root) and the device (trainer.accelerator/devices/strategy/num_nodes) may change."""
-    code = provenance.git_state()
+    code = provenance.code_at_start()
     out = output_dir()
     ckpt = checkpoint.load(cfg.ckpt_path)
     run_cfg = OmegaConf.create(ckpt.get("run_config") or {})

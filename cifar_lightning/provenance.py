@@ -14,6 +14,7 @@ fingerprint or device.
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import os
 import platform
@@ -56,6 +57,14 @@ def git_state() -> tuple[str | None, bool | None]:
         return None, None
     status = _git("status", "--porcelain")
     return commit.strip(), None if status is None else bool(status.strip())
+
+
+@functools.cache
+def code_at_start() -> tuple[str | None, bool | None]:
+    """git_state() as first read in this process (train.py reads it before Hydra starts): the
+    code the process imported. A multirun's later jobs, which run in the same process, record
+    it too, whatever the checkout holds by the time they start."""
+    return git_state()
 
 
 def version() -> str:

@@ -17,6 +17,19 @@ from cifar_lightning.fileio import atomic_write, write_json
 log = logging.getLogger("cifar_lightning")
 
 RESULTS_NAME = "results.json"
+# What selects between runs (a sweeper's objective, the report's best run), first found first:
+# val_acc, the tested checkpoint on the validation split with the run's TTA; best_val_acc, the
+# best per-epoch val/acc (no TTA), for results.json written before val_acc existed.
+SELECTION_KEYS = ("val_acc", "best_val_acc")
+
+
+def selection_value(summary: dict[str, Any]) -> float | None:
+    """The first of SELECTION_KEYS that the results hold; None without a validation split."""
+    for key in SELECTION_KEYS:
+        value = summary.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    return None
 
 
 def read_overrides(run_dir: Path) -> list[str]:

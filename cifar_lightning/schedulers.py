@@ -37,8 +37,8 @@ def cosine(
 
 
 class _WarmupCosine:
-    """lr factor: linear from 0 (exclusive) to 1 over the first `warmup` of the steps, then a
-    half cosine down to 0 at `total_steps`."""
+    """lr factor: rising linearly over the first `warmup` of the steps (1/(w+1), ..., w/(w+1) for
+    w warm-up steps), then a half cosine from 1 down to 0 at `total_steps`."""
 
     def __init__(self, total_steps: int, warmup: float) -> None:
         self.total = max(1, total_steps)
@@ -46,7 +46,7 @@ class _WarmupCosine:
 
     def __call__(self, step: int) -> float:
         if step < self.warm:
-            return (step + 1) / self.warm
+            return (step + 1) / (self.warm + 1)
         t = min(1.0, (step - self.warm) / max(1, self.total - self.warm))
         return 0.5 * (1.0 + math.cos(math.pi * t))
 

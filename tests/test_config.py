@@ -201,3 +201,15 @@ def test_runs_started_in_the_same_second_get_separate_output_folders(config):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         first, second = (compose(config, return_hydra_config=True) for _ in range(2))
     assert first.hydra.run.dir != second.hydra.run.dir
+
+
+@pytest.mark.parametrize("opt", ["adam", "adamw", "sgd_nesterov", "adam_to_sgd"])
+def test_optimizer_study_gives_each_optimizer_its_own_lr_and_weight_decay(opt, tmp_path):
+    from benchmarks.common import run_config
+
+    with run_config("optimizer_study", [f"optimizer={opt}"], tmp_path) as cfg:
+        assert cfg.optimizer.lr == cfg.study.lr[opt]
+        assert cfg.optimizer.weight_decay == (5e-2 if opt == "adamw" else 5e-4)
+        made = instantiate(cfg.optimizer)([nn.Parameter(torch.zeros(3))])
+        assert made.defaults["weight_decay"] == cfg.optimizer.weight_decay
+        instantiate(cfg.scheduler)(made, 100)

@@ -110,7 +110,9 @@ def test_the_output_folder_check_makes_no_stray_folders(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     check_cli([f'hydra.run.dir="{tmp_path / "quoted"}"'])
     check_cli(["hydra.run.dir=outs/${now:%H-%M-%S}"])
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["outs", "quoted"]
+    check_cli([r"hydra.run.dir='it\'s'"])
+    check_cli(['hydra.run.dir=bad/"quote"'])  # no folder: Hydra rejects the value itself
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["it's", "outs", "quoted"]
     assert not list((tmp_path / "outs").iterdir())
 
 

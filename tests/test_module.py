@@ -247,7 +247,7 @@ def test_cosine_warmup_rises_then_decays_to_zero_and_without_it_is_torchs():
         return out + [opt.param_groups[0]["lr"]]
 
     warm = lrs(warmup=0.1)  # 2 warm-up steps
-    assert warm[:3] == pytest.approx([0.25, 0.5, 0.5])
+    assert warm[:3] == pytest.approx([0.5 / 3, 1.0 / 3, 0.5])
     assert all(a >= b for a, b in zip(warm[2:], warm[3:], strict=False))
     assert warm[-1] == pytest.approx(0.0, abs=1e-12)
     assert warm[11] == pytest.approx(0.25)  # halfway through the 18 cosine steps
@@ -255,3 +255,9 @@ def test_cosine_warmup_rises_then_decays_to_zero_and_without_it_is_torchs():
     assert plain[0] == 0.5 and plain[10] == pytest.approx(0.25) and plain[-1] == pytest.approx(0.0)
     with pytest.raises(ValueError, match="warmup"):
         lrs(warmup=1.0)
+    # Its length travels in the scheduler's state (checkpoints), like the other schedules'.
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.5)
+    saved = cosine(opt, total_steps=20, warmup=0.1)["scheduler"].state_dict()
+    fresh = cosine(opt, total_steps=99, warmup=0.5)["scheduler"]
+    fresh.load_state_dict(saved)
+    assert fresh.lr_lambdas[0].total == 20 and fresh.lr_lambdas[0].warm == 2

@@ -187,7 +187,7 @@ def test_best_run_is_picked_by_validation_only(tmp_path: Path):
         (run / "confusion_matrix.png").write_bytes(run.name.encode())
     assert report_main([str(tmp_path)]) == 0
     text = (tmp_path / "report.md").read_text()
-    assert f"`{high_val.name}` (val acc 60.00 %, test acc 40.00 %)" in text
+    assert f"`{high_val.name}` (best val acc 60.00 %, test acc 40.00 %)" in text
     assert (tmp_path / "best_confusion_matrix.png").read_bytes() == high_val.name.encode()
 
 
@@ -256,8 +256,8 @@ def test_untested_runs_are_reported_with_their_validation_figures(tmp_path: Path
     assert sgd["train_acc_clean_n"] == "2"
     assert rows["adam"]["failed"] == "1" and rows["adam"]["test_acc_std"] == ""
     text = (tmp_path / "report.md").read_text()
-    assert "(2 not tested)" in text and "| sgd | 2 | – |" in text
-    assert "| adam | 1 (+1 failed) | 60.00 ± – |" in text
+    assert "(2 not tested)" in text and "| sgd | 2 | – | – |" in text  # no val_acc, no test
+    assert "| adam | 1 (+1 failed) | – | 60.00 ± – |" in text
     assert "`optimizer=adam,seed=1`: no results.json" in text
 
 
@@ -314,12 +314,12 @@ def test_command_line(study: Path):
     assert proc.returncode == 0, proc.stderr
     assert "| adam | 3 |" in proc.stdout and "wrote" in proc.stdout
     proc = run("--group-by", "optimizer", str(study))  # the folder taken for a key
-    assert proc.returncode == 2 and "give the run folder(s), before --group-by" in proc.stderr
+    assert proc.returncode == 2 and "give the run folder(s) before --group-by" in proc.stderr
 
 
 def test_versus_plots_validation_against_each_runs_swept_rate(tmp_path: Path):
     from cifar_lightning.report.groups import group_runs
-    from cifar_lightning.report.plots import plot_versus
+    from cifar_lightning.report.plots import plot_versus, versus_points
     from cifar_lightning.report.runs import find_runs
 
     for opt, key, rates in (("adam", "optimizer.lr", ["1e-3", "1e-2"]),
@@ -330,15 +330,19 @@ def test_versus_plots_validation_against_each_runs_swept_rate(tmp_path: Path):
                          results(val_acc=val))  # fmt: skip
     keys = ["optimizer.sgd_lr", "optimizer.lr"]  # adam_to_sgd's own rate comes first
     grouping = group_runs(find_runs([tmp_path]), ["optimizer", *keys])
-    points = plot_versus(grouping, keys, tmp_path / "v.png")
-    assert points == {
-        "adam": {1e-3: [0.5, 0.6], 1e-2: [0.6, 0.7]},
-        "adam_to_sgd": {0.1: [0.5, 0.6]},
-    } or points == {"adam": {1e-3: [0.6, 0.5], 1e-2: [0.7, 0.6]}, "adam_to_sgd": {0.1: [0.6, 0.5]}}
+    points = versus_points(grouping, keys)
+    plot_versus(points, tmp_path / "v.png")
+    assert points.metric == "val_acc"
+    found = {name: {x: sorted(v) for x, v in xs.items()} for name, xs in points.series.items()}
+    assert found == {"adam": {1e-3: [0.5, 0.6], 1e-2: [0.6, 0.7]}, "adam_to_sgd": {0.1: [0.5, 0.6]}}
     assert (tmp_path / "v.png").stat().st_size > 0
     assert report_main([str(tmp_path), "--group-by", "optimizer", "--versus", *keys]) == 0
     assert (
         "![validation accuracy against optimizer.sgd_lr](val_acc_versus.png)"
         in (tmp_path / "report.md").read_text()
     )
+    before = (tmp_path / "summary.csv").read_bytes()
     assert report_main([str(tmp_path), "--versus", "optimizer.momentum"]) == 2
+    assert (tmp_path / "summary.csv").read_bytes() == before  # refused before writing anything
+    assert report_main([str(tmp_path)]) == 0
+    assert not (tmp_path / "val_acc_versus.png").exists()  # not asked for: an old one goes

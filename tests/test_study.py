@@ -172,5 +172,5 @@ def test_tune_lr_and_optuna_search_run_on_validation_only(folder_root, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     best = (sweep / "optimization_results.yaml").read_text()
     assert "best_params" in best and "optimizer.lr" in best
-    values = [json.loads(p.read_text())["best_val_acc"] for p in sweep.glob("*/results.json")]
+    values = [json.loads(p.read_text())["val_acc"] for p in sweep.glob("*/results.json")]
     assert len(values) == 2 and f"best_value: {max(values)}" in best

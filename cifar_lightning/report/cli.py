@@ -31,7 +31,8 @@ examples:
   python -m cifar_lightning.report outputs/multirun/<date> --group-by optimizer optimizer.lr \
       --versus optimizer.lr
 
-Give the folders before --group-by (or write --group-by=KEY): its keys run to the next option.
+Give the folders before --group-by and --versus (or write --group-by=KEY): their keys run to
+the next option.
 """
 
 
@@ -74,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     cli = parser()
     args = cli.parse_args(argv)
     if not args.paths:
-        cli.error("give the run folder(s), before --group-by (its keys run to the next option)")
+        cli.error("give the run folder(s) before --group-by and --versus (their keys run to the "
+                  "next option)")  # fmt: skip
     for p in args.paths:
         if not p.is_dir():
             print(f"error: {p} is not a folder. Pass a multirun folder such as "

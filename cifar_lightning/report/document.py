@@ -9,7 +9,7 @@ from cifar_lightning.errors import UserError
 from cifar_lightning.fileio import atomic_write
 from cifar_lightning.report import origin, plots, tables
 from cifar_lightning.report.groups import group_runs, split_keys
-from cifar_lightning.report.runs import Run, best_run, find_runs, selection_metric
+from cifar_lightning.report.runs import Run, best_run, find_runs, selection_key
 from cifar_lightning.report.summary import compare, summarise
 
 VERSUS = "val_acc_versus.png"
@@ -31,9 +31,10 @@ def _best_section(best: Run | None, runs: list[Run], out: Path) -> list[str]:
         target.unlink(missing_ok=True)  # a previous report's, of a run no longer picked
         reason = NO_VALIDATION if any(r.ok for r in runs) else "no complete run: none is picked"
         return [f"{reason} (the test set selects nothing).", ""]
-    val = tables.pct(selection_metric(best))
+    key = selection_key(runs)
+    val = tables.pct(best.metric(key))
     test = best.metric("test_acc")
-    lines = [f"Picked by validation accuracy only: `{_rel(best.path, out)}` (val acc "
+    lines = [f"Picked by validation accuracy only: `{_rel(best.path, out)}` ({tables.NAMES[key]} "
              f"{val} %, test acc " + ("not tested" if test is None else f"{tables.pct(test)} %")
              + ")."]  # fmt: skip
     if (best.path / "confusion_matrix.png").is_file():
@@ -57,6 +58,11 @@ def write_report(
                         f"{', '.join(map(str, paths))}. Pass a multirun folder, e.g. "
                         f"outputs/multirun/<date>.")  # fmt: skip
     grouping = group_runs(runs, group_by)
+    versus_keys = split_keys(versus)
+    points = plots.versus_points(grouping, versus_keys) if versus_keys else None
+    if points is not None and not points.series:  # before anything is written
+        raise UserError(f"--versus {' '.join(versus_keys)}: no complete run with a validation "
+                        f"figure has a positive number under this key.")  # fmt: skip
     rows = summarise(grouping, target)
     table = tables.group_table(rows, grouping.column, target)
     comparisons = compare(grouping)
@@ -82,13 +88,12 @@ def write_report(
         "## Pairwise comparisons", "", PAIRWISE_NOTE, "", pairs, "",
         "## Learning curves", "", "![learning curves](curves.png)", "",
     ]  # fmt: skip
-    keys = split_keys(versus)
-    if keys and plots.plot_versus(grouping, keys, out / VERSUS):
-        lines += [f"## Validation accuracy against {' or '.join(keys)}", "",
-                  f"![validation accuracy against {keys[0]}]({VERSUS})", ""]  # fmt: skip
-    elif keys:
-        raise UserError(f"--versus {' '.join(keys)}: no complete run with a validation figure "
-                        f"overrides it with a positive number.")  # fmt: skip
+    if points is not None:
+        plots.plot_versus(points, out / VERSUS)
+        lines += [f"## Validation accuracy against {' or '.join(versus_keys)}", "",
+                  f"![validation accuracy against {versus_keys[0]}]({VERSUS})", ""]  # fmt: skip
+    else:
+        (out / VERSUS).unlink(missing_ok=True)  # an earlier report's
     if heatmap:
         lines += ["## Per-class test accuracy", "",
                   "![per-class test accuracy](per_class_heatmap.png)", ""]  # fmt: skip

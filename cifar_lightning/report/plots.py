@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cifar_lightning.fileio import atomic_write
 from cifar_lightning.report import groups as grouping_rules
 from cifar_lightning.report.groups import Grouping
-from cifar_lightning.report.runs import Run, selection_metric
+from cifar_lightning.report.runs import Run, selection_key
 
 
 def _plt() -> Any:
@@ -90,34 +91,48 @@ def plot_heatmap(grouping: Grouping, path: Path) -> bool:
 
 
 def _swept_value(run: Run, keys: list[str]) -> float | None:
-    """The first of keys that the run overrode, as a number (None: none, or not a number)."""
+    """The first of keys that the run has (overridden, else in its saved config), as a number
+    (None: none of them, or not a number)."""
     for key in keys:
-        if key in run.overrides:
+        value = run.value(key)
+        if value is not None:
             try:
-                return float(run.overrides[key])
+                return float(value)
             except ValueError:
                 return None
     return None
 
 
-def plot_versus(
-    grouping: Grouping, keys: list[str], path: Path
-) -> dict[str, dict[float, list[float]]]:
-    """Validation accuracy (the selection metric) against a swept number such as the learning
-    rate, log x axis: one line per setting of the --group-by keys other than `keys`, through the
-    mean over seeds at each value, every run a dot. Returns the points, series -> x -> values
-    ({}: nothing written)."""
+@dataclass
+class Versus:
+    """Validation accuracy against a swept number: series -> x -> the runs' values."""
+
+    keys: list[str]  # the swept keys; each run's x is the first of them it has
+    others: list[str]  # the --group-by keys that name a series
+    metric: str  # the validation figure (runs.selection_key)
+    series: dict[str, dict[float, list[float]]]
+
+
+def versus_points(grouping: Grouping, keys: list[str]) -> Versus:
+    """The figure's points: one series per setting of the --group-by keys other than `keys`,
+    every complete run with a validation figure and a positive x a point."""
     series: dict[str, dict[float, list[float]]] = {}
     others = [k for k in grouping.keys if k not in keys]
+    metric = selection_key([r for runs in grouping.groups.values() for r in runs])
     for runs in grouping.groups.values():
         for run in runs:
-            x, y = _swept_value(run, keys), selection_metric(run) if run.ok else None
+            x, y = _swept_value(run, keys), run.metric(metric) if run.ok else None
             if x is None or y is None or x <= 0:
                 continue
             name = grouping_rules.label(run, others, True) if others else "all runs"
             series.setdefault(name, {}).setdefault(x, []).append(y)
-    if not series:
-        return series
+    return Versus(keys, others, metric, series)
+
+
+def plot_versus(v: Versus, path: Path) -> None:
+    """Validation accuracy against the swept number, log x axis: a line through the mean over
+    seeds at each value, every run a dot."""
+    keys, others, metric, series = v.keys, v.others, v.metric, v.series
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for i, (name, points) in enumerate(sorted(series.items())):
@@ -129,12 +144,11 @@ def plot_versus(
                        s=12, alpha=0.5)  # fmt: skip
     ax.set_xscale("log")
     ax.set(
-        xlabel=" or ".join(keys) + " (the first one a run overrides)",
-        ylabel="val acc % (tested checkpoint)",
+        xlabel=" or ".join(keys) + " (the first one a run has)",
+        ylabel=f"{metric} %",
         title="validation accuracy (mean over seeds)",
     )
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, title=" / ".join(others) or None)
     fig.tight_layout()
     _save(fig, path)
-    return series

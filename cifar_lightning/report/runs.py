@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from cifar_lightning.results import RESULTS_NAME, read_overrides
+from cifar_lightning.results import RESULTS_NAME, SELECTION_KEYS, read_overrides
 
 # What a group averages over.
 # val_acc: the tested checkpoint on the validation split, with the run's TTA (the selection
@@ -170,16 +170,18 @@ def find_runs(paths: list[Path]) -> list[Run]:
 
 
 def best_run(runs: list[Run]) -> Run | None:
-    """The complete run with the highest validation accuracy; None when no run has one.
-
-    The figure is val_acc (the tested checkpoint, with the run's TTA), or best_val_acc for runs
-    written before val_acc existed. Validation only: the test set selects nothing, not even
-    between runs tied on validation (the first such run in folder order is taken).
-    """
-    scored = [(v, r) for r in runs if r.ok and (v := selection_metric(r)) is not None]
+    """The complete run with the highest validation accuracy (selection_key's figure); None when
+    no run has one. Validation only: the test set selects nothing, not even between runs tied
+    on validation (the first such run in folder order is taken)."""
+    key = selection_key(runs)
+    scored = [(v, r) for r in runs if r.ok and (v := r.metric(key)) is not None]
     return max(scored, key=lambda vr: vr[0])[1] if scored else None
 
 
-def selection_metric(run: Run) -> float | None:
-    value = run.metric("val_acc")
-    return value if value is not None else run.metric("best_val_acc")
+def selection_key(runs: list[Run]) -> str:
+    """The figure that compares these runs: the first of SELECTION_KEYS that any run has
+    (val_acc, with TTA), so that runs are never ranked on a mix of two different figures."""
+    for key in SELECTION_KEYS:
+        if any(r.metric(key) is not None for r in runs):
+            return key
+    return SELECTION_KEYS[0]
