@@ -346,3 +346,11 @@ def test_versus_plots_validation_against_each_runs_swept_rate(tmp_path: Path):
     assert (tmp_path / "summary.csv").read_bytes() == before  # refused before writing anything
     assert report_main([str(tmp_path)]) == 0
     assert not (tmp_path / "val_acc_versus.png").exists()  # not asked for: an old one goes
+
+
+def test_a_list_left_at_its_default_groups_as_the_override_would_write_it(tmp_path: Path):
+    make_run(tmp_path, ["seed=0"], results(), config={"model": {"widths": [64, 256, 256]}})
+    make_run(tmp_path, ["model.widths=[64,192,192]", "seed=0"], results(),
+             config={"model": {"widths": [64, 192, 192]}})  # fmt: skip
+    assert report_main([str(tmp_path), "--group-by", "model.widths"]) == 0
+    assert set(csv_rows(tmp_path)) == {"[64,256,256]", "[64,192,192]"}

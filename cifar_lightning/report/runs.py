@@ -61,9 +61,7 @@ class Run:
             if not isinstance(node, dict) or part not in node:
                 return None
             node = node[part]
-        if node is None or isinstance(node, dict | list) or "${" in str(node):
-            return None  # not a scalar, or an interpolation the saved config leaves unresolved
-        return str(node)
+        return _compact(node)
 
     @property
     def tta_level(self) -> int:
@@ -99,6 +97,17 @@ class Run:
         if plain is None and self.tta_level == 0:
             plain = self.metric("test_acc")
         return None if clean is None or plain is None else clean - plain
+
+
+def _compact(node: Any) -> str | None:
+    """A saved config value as an override writes it: 0.1, adam, [64,256,256], [[32,64],[64,96]].
+    None for a mapping, a null, or an interpolation the saved config leaves unresolved."""
+    if isinstance(node, list):
+        items = [_compact(x) for x in node]
+        return None if None in items else "[" + ",".join(items) + "]"  # type: ignore[arg-type]
+    if node is None or isinstance(node, dict) or "${" in str(node):
+        return None
+    return str(node)
 
 
 def _yaml(path: Path) -> dict[str, Any]:
