@@ -8,7 +8,7 @@ Lookahead's last average; last.ckpt saved and loaded back) and its test with TTA
 is added to its config (benchmarks/clock.py) to stamp the stages on a clock (ON_CLOCK and
 OFF_CLOCK below say what it counts) and to evaluate the test accuracy after each epoch, a
 diagnostic off the clock (--no-epoch-eval: none). --seeds: one run per seed, in one process,
-and their mean; --keep DIR keeps each run's folder (DIR/seed=S, for eval.py). --warmup-steps:
+and their mean; --keep DIR keeps each run's folder (DIR/seed=S). --warmup-steps:
 an untimed run first, so that one-time costs of the process (CUDA context, cuDNN's algorithm
 search, torch.compile) stay off the clock.
 
@@ -176,7 +176,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Any:
     p.add_argument("--no-epoch-eval", dest="epoch_eval", action="store_false",
                    help="no per-epoch diagnostic test evaluations")  # fmt: skip
     p.add_argument("--keep", type=Path, metavar="DIR",
-                   help="keep each run's folder, DIR/seed=S or DIR/run (for eval.py)")  # fmt: skip
+                   help="keep each run's folder, DIR/seed=S or DIR/run")  # fmt: skip
     return parse(p, argv)
 
 

@@ -27,6 +27,7 @@ VALUES = {"N": "2", "M": "2", "E": "2", "P": "gpu", "[W1,W2,W3]": "[64,256,256]"
 # Inline `key=value` mentions that are not overrides of train.yaml as they stand: the option
 # each needs first, or None for prose that is no override (a Python argument, a shorthand).
 CONTEXT = {
+    "model.whiten_bias_lr_scale": ["experiment=fast_cpu"],
     "optimizer.sgd_lr": ["optimizer=adam_to_sgd"],
     "trainer.sync_batchnorm": ["trainer=ddp"],
     "trainer.benchmark": ["trainer=gpu"],
@@ -45,6 +46,7 @@ def _code_spans(text: str) -> list[str]:
 def commands() -> list[str]:
     """`python train.py ...` and `python eval.py ...` of the fenced blocks and the prose."""
     blocks = re.findall(r"```[a-z]*\n(.*?)```", README, flags=re.S)
+    blocks = [re.sub(r"\\\n\s*", "", block) for block in blocks]  # shell line continuations
     lines = [line for block in blocks for line in block.splitlines()] + _code_spans(README)
     pattern = r"(\w+=\S+ )*python (train|eval)\.py\b"
     return [line.strip() for line in lines if re.match(pattern, line.strip())]
