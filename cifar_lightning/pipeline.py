@@ -151,7 +151,6 @@ def save_results(
     health: Any,
     trainer: L.Trainer,
     datamodule: CIFAR10DataModule,
-    code: tuple[str | None, bool | None] | None = None,  # provenance.code_at_start()
     **fields: Any,
 ) -> None:
     """results.json (the outputs contract) and the confusion matrix, for train.py and eval.py.
@@ -165,7 +164,7 @@ def save_results(
         "overrides": list(HydraConfig.get().overrides.task),
         "health": health.findings if health is not None else [],
         "provenance": provenance.collect(
-            str(trainer.precision), datamodule.fingerprint, datamodule.sizes, code
+            str(trainer.precision), datamodule.fingerprint, datamodule.sizes
         ),
     }
     results.save(out, summary, test.get("confusion_matrix"))
@@ -179,7 +178,7 @@ def train(cfg: DictConfig) -> float | None:
     """Fit, then test the best checkpoint. Returns what a sweeper optimises, the validation
     accuracy of the tested checkpoint (results.selection_value): the test set never shapes
     model selection."""
-    code = provenance.code_at_start()
+    provenance.code_at_start()  # read before a long run (train.py has read it before Hydra)
     out = output_dir()
     # A job continues from what its folder holds (a rerun sweep, a requeued SLURM job): skipped
     # when finished, before anything (the CSV logger) writes there; else resumed from last.ckpt.
@@ -236,7 +235,7 @@ def train(cfg: DictConfig) -> float | None:
     figures = after_fit_figures(trainer, module, datamodule, test)
     if trainer.is_global_zero:
         save_results(
-            out, test, health, trainer, datamodule, code,
+            out, test, health, trainer, datamodule,
             **figures,
             train_acc=_scalar(train_metrics, "train/acc"),
             train_loss=_scalar(train_metrics, "train/loss"),
@@ -254,7 +253,7 @@ def evaluate(cfg: DictConfig) -> float:
     """Re-test a checkpoint exactly as its training run tested it: the run's own config for the
     data, model and trainer (precision, TTA, batch sizes, limits); only the data folder
     (data.root) and the device (trainer.accelerator/devices/strategy/num_nodes) may change."""
-    code = provenance.code_at_start()
+    provenance.code_at_start()  # read before a long run (train.py has read it before Hydra)
     out = output_dir()
     ckpt = checkpoint.load(cfg.ckpt_path)
     run_cfg = OmegaConf.create(ckpt.get("run_config") or {})
@@ -287,7 +286,7 @@ def evaluate(cfg: DictConfig) -> float:
     figures = after_fit_figures(trainer, module, datamodule, test)
     if trainer.is_global_zero:
         save_results(
-            out, test, health, trainer, datamodule, code,
+            out, test, health, trainer, datamodule,
             **figures,
             train_acc=None,  # training metrics live in the training run's results.json
             train_loss=None,

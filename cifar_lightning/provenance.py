@@ -100,16 +100,13 @@ def device_name() -> str:
     return cpu_name()
 
 
-def collect(
-    precision: str, data_fingerprint: str, sizes: dict[str, int],
-    code: tuple[str | None, bool | None] | None = None,
-) -> dict[str, Any]:  # fmt: skip
-    """The provenance record of a run; sizes: images in the train, val and test splits; code:
-    git_state() as the run started (the code it imported), read now when not given."""
+def collect(precision: str, data_fingerprint: str, sizes: dict[str, int]) -> dict[str, Any]:
+    """The provenance record of a run; sizes: images in the train, val and test splits. The code
+    is code_at_start()'s: what the process imported."""
     import pytorch_lightning
     import torch
 
-    commit, dirty = code if code is not None else git_state()
+    commit, dirty = code_at_start()
     return {
         "code": {"commit": commit, "dirty": dirty, "version": version()},
         "torch": torch.__version__,
