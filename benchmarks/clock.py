@@ -1,7 +1,8 @@
 """A callback that stamps a train.py run's stages on a clock that stops for diagnostics.
 
-time_to_accuracy.py adds it to the run's config as the last of the config's callbacks, so that
-train.py's own code (pipeline.train) builds and runs it with the others. Its stamps are
+time_to_accuracy.py hands it to pipeline.train (extra_callbacks), which builds it right after
+the config's callbacks and runs it with them; the run's config (and so its checkpoints) does
+not name it. Its stamps are
 on-clock times: time.perf_counter() less the seconds spent in its own diagnostic test
 evaluations, which therefore stay off the clock.
 

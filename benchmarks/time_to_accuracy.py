@@ -5,7 +5,8 @@ Each run is pipeline.train itself, i.e. train.py's run of the recipe (Hydra conf
 `experiment=<--experiment>` plus the overrides given as arguments) in a temporary run folder:
 its datamodule, model, callbacks, health checks, CSV log and trainer, the model it tests (after
 Lookahead's last average; last.ckpt saved and loaded back) and its test with TTA. One callback
-is added to its config (benchmarks/clock.py) to stamp the stages on a clock (ON_CLOCK and
+is added after the config's (benchmarks/clock.py; not in the config, so eval.py re-tests a kept
+checkpoint like any other) to stamp the stages on a clock (ON_CLOCK and
 OFF_CLOCK below say what it counts) and to evaluate the test accuracy after each epoch, a
 diagnostic off the clock (--no-epoch-eval: none). --seeds: one run per seed, in one process,
 and their mean; --keep DIR keeps each run's folder (DIR/seed=S). --warmup-steps:
@@ -30,7 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf, open_dict
+from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere
 
@@ -68,13 +69,11 @@ def run(
     with folder as tmp:
         start = time.perf_counter()
         with run_config(args.experiment, overrides, Path(tmp)) as cfg:
-            with open_dict(cfg):
-                cfg.callbacks = cfg.callbacks or {}
-                cfg.callbacks.benchmark_clock = {"_target_": "benchmarks.clock.EpochClock",
-                                                 "epoch_eval": epoch_eval}  # fmt: skip
             config_s = time.perf_counter() - start
             start = now()
-            train(cfg)
+            # The clock is built where train.py builds its callbacks, after the config's; it
+            # stays out of the config, so eval.py re-tests a --keep checkpoint like any other.
+            train(cfg, extra_callbacks=lambda: [EpochClock(epoch_eval=epoch_eval)])
             returned = now()
             config = OmegaConf.to_container(cfg, resolve=True)
         results = json.loads((Path(tmp) / "results.json").read_text())
@@ -176,7 +175,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Any:
     p.add_argument("--no-epoch-eval", dest="epoch_eval", action="store_false",
                    help="no per-epoch diagnostic test evaluations")  # fmt: skip
     p.add_argument("--keep", type=Path, metavar="DIR",
-                   help="keep each run's folder, DIR/seed=S or DIR/run")  # fmt: skip
+                   help="keep each run's folder, DIR/seed=S or DIR/run (eval.py re-tests "
+                   "its checkpoints)")  # fmt: skip
     return parse(p, argv)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,8 @@ from cifar_lightning.report.console import print_report
 
 log = logging.getLogger("cifar_lightning")
 
+ExtraCallbacks = Callable[[], list[L.Callback]]  # builds callbacks that the config leaves out
+
 
 def output_dir() -> Path:
     return Path(HydraConfig.get().runtime.output_dir)
@@ -52,11 +55,13 @@ def build(cfg: DictConfig, seed: int) -> tuple[CIFAR10DataModule, Classifier]:
 
 
 def build_callbacks(
-    cfg: DictConfig, datamodule: CIFAR10DataModule
+    cfg: DictConfig, datamodule: CIFAR10DataModule, extra: ExtraCallbacks | None = None
 ) -> tuple[list[L.Callback], HealthCheck | None, ModelCheckpoint | None]:
-    """train.py's callbacks: the config's, then the health checks. Also returns the health
-    check and the best-by-validation checkpoint callback (None without a validation split)."""
+    """train.py's callbacks: the config's, those `extra()` builds, then the health checks. Also
+    returns the health check and the best-by-validation checkpoint callback (None without a
+    validation split)."""
     callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c is not None]
+    callbacks += extra() if extra is not None else []
     health = instantiate(cfg.health)
     if health is not None:
         callbacks.append(health)
@@ -174,10 +179,14 @@ def _scalar(metrics: dict, key: str) -> float | None:
     return float(metrics[key]) if key in metrics else None
 
 
-def train(cfg: DictConfig) -> float | None:
+def train(cfg: DictConfig, extra_callbacks: ExtraCallbacks | None = None) -> float | None:
     """Fit, then test the best checkpoint. Returns what a sweeper optimises, the validation
     accuracy of the tested checkpoint (results.selection_value): the test set never shapes
-    model selection."""
+    model selection.
+
+    `extra_callbacks` builds callbacks that are not part of the run's config (a benchmark's
+    clock), at the point where the config's callbacks are built; the checkpoints' run_config
+    does not name them, so eval.py re-tests those checkpoints like any other."""
     provenance.code_at_start()  # read before a long run (train.py has read it before Hydra)
     out = output_dir()
     # A job continues from what its folder holds (a rerun sweep, a requeued SLURM job): skipped
@@ -198,7 +207,7 @@ def train(cfg: DictConfig) -> float | None:
         checkpoint.check_resume(checkpoint.load(ckpt_path), cfg, ckpt_path)
     config_checks.check_optimizer(cfg)
 
-    callbacks, health, ckpt_cb = build_callbacks(cfg, datamodule)
+    callbacks, health, ckpt_cb = build_callbacks(cfg, datamodule, extra_callbacks)
     trainer = make_trainer(cfg.trainer, cfg.logger, callbacks, out)
 
     fit_seconds, train_metrics = None, {}
