@@ -2,9 +2,8 @@
 
 time_to_accuracy.py hands it to pipeline.train (extra_callbacks), which builds it right after
 the config's callbacks and runs it with them; the run's config (and so its checkpoints) does
-not name it. Its stamps are
-on-clock times: time.perf_counter() less the seconds spent in its own diagnostic test
-evaluations, which therefore stay off the clock.
+not name it. Its stamps are on-clock times: time.perf_counter() less the seconds spent in its
+own diagnostic test evaluations, which therefore stay off the clock.
 
 Diagnostics: the test accuracy (with the run's TTA, as Classifier.test_step) of the model as
 each epoch left it, evaluated at the start of the next epoch, before any of its steps (the
