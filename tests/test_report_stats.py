@@ -162,6 +162,10 @@ def test_default_labels_are_the_swept_overrides_a_run_sets(tmp_path: Path):
     assert set(rows) == {"optimizer=adam", "optimizer=adam_to_sgd",
                          "optimizer=adam_to_sgd, optimizer.sgd_lr=0.01"}  # fmt: skip
     assert rows["optimizer=adam_to_sgd, optimizer.sgd_lr=0.01"]["runs"] == "2"
+    # 3 pairs x 2 metrics (val, test), each with a single run on one side: counted, not listed.
+    text = (tmp_path / "report.md").read_text()
+    assert "No pair of groups has two runs or more on both sides: no test (6 pairs)." in text
+    assert "| group A |" not in text
 
 
 def test_group_by_values_come_from_overrides_or_the_saved_config(tmp_path: Path, capsys):

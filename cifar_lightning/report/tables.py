@@ -61,9 +61,18 @@ def group_table(rows: list[GroupSummary], column: str, target: float) -> str:
 
 
 def pairwise_table(comparisons: list[Comparison]) -> str:
+    """The pairs that could be tested; a pair with a single run on one side is only counted,
+    since a grid of single runs would otherwise fill the report with rows that say nothing."""
+    shown = [c for c in comparisons if c.note != "n < 2"]
+    untestable = len(comparisons) - len(shown)
+    if not shown:
+        return (f"No pair of groups has two runs or more on both sides: no test "
+                f"({untestable} pairs).")  # fmt: skip
     head = ["group A", "group B", "metric", "difference of means (A − B) pp", "Welch p", "Holm p"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for c in comparisons:
+    if untestable:
+        lines.insert(0, f"{untestable} pairs with a single run on one side: left out, no test.\n")
+    for c in shown:
         cells = [c.a, c.b, NAMES[c.metric], f"{100 * c.diff:+.2f}", p_value(c.p, c.note),
                  p_value(c.p_holm)]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
