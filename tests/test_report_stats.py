@@ -128,6 +128,9 @@ def test_group_statistics_and_pairwise_tests_of_a_study(study: Path, capsys):
         assert float(row["gap_mean"]) == pytest.approx(statistics.fmean(gaps))
         assert float(row["train_acc_clean_mean"]) == pytest.approx(statistics.fmean(cleans))
         assert float(row["best_val_acc_mean"]) == pytest.approx(statistics.fmean(vals))
+        # metrics.csv: training loss 2.0, then 1.5 in the last epoch: -25 %, not flattened.
+        assert float(row["train_loss_final_mean"]) == pytest.approx(1.5)
+        assert float(row["train_loss_last_change_mean"]) == pytest.approx(-0.25)
 
     runs = find_runs([study])
     comparisons = [c for c in compare(group_runs(runs, ["optimizer"])) if c.metric == "test_acc"]
@@ -147,6 +150,7 @@ def test_group_statistics_and_pairwise_tests_of_a_study(study: Path, capsys):
 
     text = (study / "report.md").read_text()
     assert "| optimizer | n |" in text and "| adam | 3 |" in text
+    assert "| 1.500 (-25.0 %) |" in text
     assert f"| adam | sgd_nesterov | test acc | {100 * diff:+.2f} |" in text
     assert "| adam | adamw | gap (clean train − plain test) |" in text
     assert "WARNING" not in text + capsys.readouterr().out

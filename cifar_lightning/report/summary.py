@@ -19,6 +19,10 @@ class GroupSummary:
     failed: int
     metrics: dict[str, Summary]  # METRICS -> statistics over the runs that have the figure
     train_acc_final: float | None  # mean last-epoch training accuracy (under augmentation)
+    train_loss_final: float | None  # mean last-epoch training loss (running, under augmentation)
+    # Mean relative change of the training loss over the last epoch: whether training had
+    # flattened when the budget ran out (-0.01: the loss still fell by 1 % in the last epoch).
+    train_loss_last_change: float | None
     epochs_to_target: float | None  # mean first epoch reaching the target, over runs reaching it
     reached: int  # runs reaching the target
     fit_seconds: float | None
@@ -38,11 +42,20 @@ def first_epoch_reaching(run: Run, target: float) -> int | None:
     return next((e for e, v in sorted(run.curves.get("val/acc", {}).items()) if v >= target), None)
 
 
+def last_loss_change(run: Run) -> tuple[float, float] | None:
+    """The last epoch's training loss and its change relative to the epoch before."""
+    losses = [v for _, v in sorted(run.curves.get("train/loss", {}).items())]
+    if len(losses) < 2 or losses[-2] == 0:
+        return None
+    return losses[-1], losses[-1] / losses[-2] - 1
+
+
 def summarise(grouping: Grouping, target: float) -> list[GroupSummary]:
     rows = []
     for label, members in grouping.groups.items():
         done = [r for r in members if r.ok]
         reached = [e for e in (first_epoch_reaching(r, target) for r in done) if e is not None]
+        ends = [e for e in map(last_loss_change, done) if e is not None]
         rows.append(
             GroupSummary(
                 label=label,
@@ -50,6 +63,8 @@ def summarise(grouping: Grouping, target: float) -> list[GroupSummary]:
                 failed=len(members) - len(done),
                 metrics={m: describe(values(members, m)) for m in METRICS},
                 train_acc_final=_mean(values(members, "train_acc")),
+                train_loss_final=_mean([loss for loss, _ in ends]),
+                train_loss_last_change=_mean([change for _, change in ends]),
                 epochs_to_target=_mean([float(e) for e in reached]),
                 reached=len(reached),
                 fit_seconds=_mean(values(members, "fit_seconds")),

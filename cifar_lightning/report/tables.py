@@ -25,7 +25,9 @@ LEGEND = (
     "split, with the run's TTA (what selects); best val acc: the best per-epoch figure, no TTA. "
     "Clean train acc: eval-mode accuracy of the tested "
     "checkpoint on a fixed training subset, no augmentation, no TTA. Gap: clean train acc minus "
-    "the test accuracy of the same checkpoint without TTA."
+    "the test accuracy of the same checkpoint without TTA. Last train loss: the running "
+    "training loss of the last epoch (under augmentation) and its change over that epoch, "
+    "relative to the epoch before: near 0 %, training had flattened."
 )
 
 
@@ -48,14 +50,19 @@ def p_value(p: float | None, note: str = "") -> str:
 
 def group_table(rows: list[GroupSummary], column: str, target: float) -> str:
     head = [column, "n", *(f"{NAMES[m]} {'pp' if m == 'gap' else '%'}" for m in METRICS),
-            f"epochs to val {100 * target:.0f}%", "fit s"]  # fmt: skip
+            f"epochs to val {100 * target:.0f}%", "last train loss (change)", "fit s"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         runs = f"{r.runs}" + (f" (+{r.failed} failed)" if r.failed else "")
         epochs = NONE if r.epochs_to_target is None else f"{r.epochs_to_target:.1f}"
         fit = NONE if r.fit_seconds is None else f"{r.fit_seconds:.0f}"
+        loss = (
+            NONE
+            if r.train_loss_final is None or r.train_loss_last_change is None
+            else f"{r.train_loss_final:.3f} ({100 * r.train_loss_last_change:+.1f} %)"
+        )
         cells = [r.label, runs, *(cell(r.metrics[m], r.runs) for m in METRICS),
-                 f"{epochs} ({r.reached}/{r.runs})", fit]  # fmt: skip
+                 f"{epochs} ({r.reached}/{r.runs})", loss, fit]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -90,6 +97,8 @@ def csv_rows(rows: list[GroupSummary]) -> list[dict[str, Any]]:
                     f"{m}_ci_low": s.ci_low, f"{m}_ci_high": s.ci_high}  # fmt: skip
         row |= {
             "train_acc_mean": r.train_acc_final,  # last epoch, under augmentation
+            "train_loss_final_mean": r.train_loss_final,
+            "train_loss_last_change_mean": r.train_loss_last_change,
             "epochs_to_target": r.epochs_to_target,
             "reached_target": f"{r.reached}/{r.runs}",
             "fit_seconds_mean": r.fit_seconds,
