@@ -151,6 +151,9 @@ def test_group_statistics_and_pairwise_tests_of_a_study(study: Path, capsys):
     text = (study / "report.md").read_text()
     assert "| optimizer | n |" in text and "| adam | 3 |" in text
     assert "| 1.500 (-25.0 %) |" in text
+    # Per-class table: results() gives every class the run's test accuracy.
+    adamw = statistics.fmean(STUDY["adamw"][0])
+    assert f"| adamw | {100 * adamw:.1f} | {100 * adamw:.1f} |" in text
     assert f"| adam | sgd_nesterov | test acc | {100 * diff:+.2f} |" in text
     assert "| adam | adamw | gap (clean train − plain test) |" in text
     assert "WARNING" not in text + capsys.readouterr().out

@@ -10,7 +10,7 @@ from cifar_lightning.fileio import atomic_write
 from cifar_lightning.report import origin, plots, tables
 from cifar_lightning.report.groups import group_runs, split_keys
 from cifar_lightning.report.runs import Run, best_run, find_runs, selection_key
-from cifar_lightning.report.summary import compare, summarise
+from cifar_lightning.report.summary import compare, per_class_means, summarise
 
 VERSUS = "val_acc_versus.png"
 NO_VALIDATION = "no validation split: no best run is picked"
@@ -72,7 +72,8 @@ def write_report(
 
     atomic_write(out / "summary.csv", lambda f: f.write(tables.summary_csv(rows).encode()))
     plots.plot_curves(grouping, out / "curves.png")
-    heatmap = plots.plot_heatmap(grouping, out / "per_class_heatmap.png")
+    per_class = per_class_means(grouping)
+    heatmap = plots.plot_heatmap(per_class, out / "per_class_heatmap.png")
     if not heatmap:
         (out / "per_class_heatmap.png").unlink(missing_ok=True)  # no tested run: none to show
 
@@ -96,7 +97,8 @@ def write_report(
         (out / VERSUS).unlink(missing_ok=True)  # an earlier report's
     if heatmap:
         lines += ["## Per-class test accuracy", "",
-                  "![per-class test accuracy](per_class_heatmap.png)", ""]  # fmt: skip
+                  "Mean over each group's tested runs, %:", "", tables.per_class_table(per_class),
+                  "", "![per-class test accuracy](per_class_heatmap.png)", ""]  # fmt: skip
     lines += ["## Best run", ""] + _best_section(best_run(runs), runs, out)
     lines += ["## Provenance", ""] + origin.section(runs) + [""]
     lines += ["## Failed or incomplete runs", ""]

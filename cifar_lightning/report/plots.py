@@ -11,6 +11,7 @@ from cifar_lightning.fileio import atomic_write
 from cifar_lightning.report import groups as grouping_rules
 from cifar_lightning.report.groups import Grouping
 from cifar_lightning.report.runs import Run, selection_key
+from cifar_lightning.report.summary import PerClass
 
 
 def _plt() -> Any:
@@ -55,24 +56,14 @@ def plot_curves(grouping: Grouping, path: Path) -> None:
     _save(fig, path)
 
 
-def plot_heatmap(grouping: Grouping, path: Path) -> bool:
+def plot_heatmap(per_class: PerClass, path: Path) -> bool:
     """Per-class test accuracy, mean over each group's tested runs. False (nothing written)
     when no run was tested."""
-    groups: dict[str, list[dict[str, float]]] = {}
-    for label, runs in grouping.groups.items():
-        tested = [r.results["per_class_acc"] for r in runs
-                  if r.ok and isinstance(r.results.get("per_class_acc"), dict)
-                  and r.results["per_class_acc"]]  # fmt: skip
-        if tested:
-            groups[label] = tested
-    if not groups:
+    if not per_class.means:
         return False
     plt = _plt()
-    labels = list(groups)
-    classes = list(groups[labels[0]][0])
-    data = [[statistics.fmean(pc[c] for pc in groups[g] if pc.get(c) is not None)
-             if any(pc.get(c) is not None for pc in groups[g]) else float("nan")
-             for c in classes] for g in labels]  # fmt: skip
+    labels, classes = list(per_class.means), per_class.names
+    data = [per_class.means[g] for g in labels]
     # Wide enough for the group labels on the y axis as well as one column per class.
     width = 1.0 * len(classes) + 2.5 + 0.075 * max(len(g) for g in labels)
     fig, ax = plt.subplots(figsize=(width, 0.5 * len(labels) + 1.8))

@@ -73,6 +73,30 @@ def summarise(grouping: Grouping, target: float) -> list[GroupSummary]:
     return rows
 
 
+@dataclass
+class PerClass:
+    names: list[str]  # the classes, in the first tested run's order
+    means: dict[str, list[float]]  # group -> mean test accuracy per class (nan: no figure)
+
+
+def per_class_means(grouping: Grouping) -> PerClass:
+    """Per-class test accuracy, mean over each group's tested runs; groups without one left out."""
+    tested: dict[str, list[dict[str, float]]] = {}
+    for label, runs in grouping.groups.items():
+        found = [r.results["per_class_acc"] for r in runs
+                 if r.ok and isinstance(r.results.get("per_class_acc"), dict)
+                 and r.results["per_class_acc"]]  # fmt: skip
+        if found:
+            tested[label] = found
+    names = list(next(iter(tested.values()))[0]) if tested else []
+
+    def mean(runs: list[dict[str, float]], c: str) -> float:
+        xs = [pc[c] for pc in runs if pc.get(c) is not None]
+        return statistics.fmean(xs) if xs else float("nan")
+
+    return PerClass(names, {g: [mean(runs, c) for c in names] for g, runs in tested.items()})
+
+
 def compare(grouping: Grouping, metrics: tuple[str, ...] = COMPARED) -> list[Comparison]:
     """Welch tests between every two groups, Holm-corrected within each metric."""
     found = []

@@ -8,7 +8,7 @@ from typing import Any
 
 from cifar_lightning.report.runs import METRICS
 from cifar_lightning.report.stats import CONFIDENCE, Comparison, Summary
-from cifar_lightning.report.summary import GroupSummary
+from cifar_lightning.report.summary import GroupSummary, PerClass
 
 NONE = "–"
 NAMES = {
@@ -83,6 +83,16 @@ def pairwise_table(comparisons: list[Comparison]) -> str:
         cells = [c.a, c.b, NAMES[c.metric], f"{100 * c.diff:+.2f}", p_value(c.p, c.note),
                  p_value(c.p_holm)]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def per_class_table(per_class: PerClass) -> str:
+    """Groups as rows, classes as columns: mean test accuracy % over the group's tested runs."""
+    head = ["group", *per_class.names]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for label, means in per_class.means.items():
+        cells = [NONE if m != m else f"{100 * m:.1f}" for m in means]  # m != m: nan
+        lines.append("| " + " | ".join([label, *cells]) + " |")
     return "\n".join(lines)
 
 
