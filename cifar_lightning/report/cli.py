@@ -28,7 +28,7 @@ examples:
   python -m cifar_lightning.report outputs/multirun/<a> outputs/multirun/<b> --target 0.45
   python -m cifar_lightning.report outputs/multirun/<date> --group-by optimizer
   python -m cifar_lightning.report outputs/multirun/<date> --group-by optimizer,optimizer.sgd_lr
-  python -m cifar_lightning.report outputs/multirun/<date> --group-by optimizer optimizer.lr \
+  python -m cifar_lightning.report outputs/multirun/<date> --group-by optimizer optimizer.lr \\
       --versus optimizer.lr
 
 Give the folders before --group-by and --versus (or write --group-by=KEY): their keys run to
