@@ -18,11 +18,11 @@ import yaml
 from scipy import stats as sps
 
 from cifar_lightning import provenance
-from cifar_lightning.report import stats
+from cifar_lightning.report import stats, tables
 from cifar_lightning.report.cli import main as report_main
 from cifar_lightning.report.groups import group_runs
-from cifar_lightning.report.runs import find_runs
-from cifar_lightning.report.summary import compare
+from cifar_lightning.report.runs import Run, find_runs
+from cifar_lightning.report.summary import compare, last_loss_change, per_class_means
 from tests.conftest import REPO
 
 CLASSES = ("plane", "car")
@@ -169,9 +169,9 @@ def test_default_labels_are_the_swept_overrides_a_run_sets(tmp_path: Path):
     assert set(rows) == {"optimizer=adam", "optimizer=adam_to_sgd",
                          "optimizer=adam_to_sgd, optimizer.sgd_lr=0.01"}  # fmt: skip
     assert rows["optimizer=adam_to_sgd, optimizer.sgd_lr=0.01"]["runs"] == "2"
-    # 3 pairs x 2 metrics (val, test), each with a single run on one side: counted, not listed.
+    # 3 pairs of groups x 2 metrics (test acc, gap), each with one run on a side: counted only.
     text = (tmp_path / "report.md").read_text()
-    assert "No pair of groups has two runs or more on both sides: no test (6 pairs)." in text
+    assert "no test (6 comparisons, pairs of groups x metrics)." in text
     assert "| group A |" not in text
 
 
@@ -365,3 +365,28 @@ def test_a_list_left_at_its_default_groups_as_the_override_would_write_it(tmp_pa
              config={"model": {"widths": [64, 192, 192]}})  # fmt: skip
     assert report_main([str(tmp_path), "--group-by", "model.widths"]) == 0
     assert set(csv_rows(tmp_path)) == {"[64,256,256]", "[64,192,192]"}
+
+
+def test_last_loss_change_needs_two_consecutive_finite_epochs(tmp_path: Path):
+    def run(losses: dict[int, float]) -> Run:
+        return Run(tmp_path, {}, results(), {"train/loss": losses})
+
+    assert last_loss_change(run({1: 2.0, 2: 1.6, 3: 1.2})) == pytest.approx((1.2, -0.25))
+    assert last_loss_change(run({1: 2.0})) is None
+    assert last_loss_change(run({1: 2.0, 3: 1.5})) is None  # epoch 2 missing: no "epoch before"
+    assert last_loss_change(run({1: 2.0, 2: math.nan})) is None  # diverged
+    assert last_loss_change(run({1: math.inf, 2: 1.0})) is None
+
+
+def test_per_class_table_has_every_class_any_run_reports(tmp_path: Path):
+    make_run(tmp_path, ["optimizer=adam", "seed=0"],
+             results(per_class_acc={"plane": 0.5, "car": 0.7}))  # fmt: skip
+    make_run(tmp_path, ["optimizer=sgd", "seed=0"],
+             results(per_class_acc={"car": 0.6, "bird": 0.4}))  # fmt: skip
+    per_class = per_class_means(group_runs(find_runs([tmp_path]), ["optimizer"]))
+    assert per_class.names == ["plane", "car", "bird"]
+    assert per_class.means["adam"][:2] == [0.5, 0.7] and math.isnan(per_class.means["adam"][2])
+    assert tables.per_class_table(per_class, "optimizer").splitlines() == [
+        "| optimizer | plane | car | bird |", "|---|---|---|---|",
+        "| adam | 50.0 | 70.0 | – |", "| sgd | – | 60.0 | 40.0 |",
+    ]  # fmt: skip

@@ -8,7 +8,9 @@ the outputs contract of train.py: `.hydra/` configs, `results.json` and `metrics
 
 Per group: n, mean ± 95 % t confidence interval over seeds of validation accuracy (the tested
 checkpoint, with TTA), test accuracy, clean training accuracy, their gap and the best per-epoch
-validation accuracy; between groups: Welch's t-test, Holm-corrected.
+validation accuracy; the last epoch's training loss and its change (had it flattened?); the
+mean per-class test accuracy (table and heatmap); between groups: Welch's t-test,
+Holm-corrected.
 A WARNING when the runs differ in code commit, dirty state, data or device. Runs without
 results.json are listed as failed or incomplete, never dropped silently.
 """

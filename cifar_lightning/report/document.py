@@ -17,7 +17,8 @@ NO_VALIDATION = "no validation split: no best run is picked"
 PAIRWISE_NOTE = (
     "Welch's t-test (unequal variances, two-sided) of equal means between every two groups, "
     "on the per-run figures; Holm's step-down correction over the pairs of each metric (Holm p "
-    "controls the family-wise error rate at the level you read it against). n < 2: no test."
+    "controls the family-wise error rate at the level you read it against). A comparison with "
+    "fewer than two runs on a side has no test: such comparisons are counted, not listed."
 )
 
 
@@ -96,9 +97,9 @@ def write_report(
     else:
         (out / VERSUS).unlink(missing_ok=True)  # an earlier report's
     if heatmap:
-        lines += ["## Per-class test accuracy", "",
-                  "Mean over each group's tested runs, %:", "", tables.per_class_table(per_class),
-                  "", "![per-class test accuracy](per_class_heatmap.png)", ""]  # fmt: skip
+        lines += ["## Per-class test accuracy", "", "Mean over each group's tested runs, %:", "",
+                  tables.per_class_table(per_class, grouping.column), "",
+                  "![per-class test accuracy](per_class_heatmap.png)", ""]  # fmt: skip
     lines += ["## Best run", ""] + _best_section(best_run(runs), runs, out)
     lines += ["## Provenance", ""] + origin.section(runs) + [""]
     lines += ["## Failed or incomplete runs", ""]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import dataclass
 
@@ -19,10 +20,12 @@ class GroupSummary:
     failed: int
     metrics: dict[str, Summary]  # METRICS -> statistics over the runs that have the figure
     train_acc_final: float | None  # mean last-epoch training accuracy (under augmentation)
-    train_loss_final: float | None  # mean last-epoch training loss (running, under augmentation)
-    # Mean relative change of the training loss over the last epoch: whether training had
-    # flattened when the budget ran out (-0.01: the loss still fell by 1 % in the last epoch).
+    # Mean over runs of the last epoch's running training loss (under augmentation) and of its
+    # relative change from the epoch before (-0.01: it still fell by 1 %), over train_loss_n runs.
+    # Near 0 says the loss stopped falling, which a rate decaying to zero also causes by itself.
+    train_loss_final: float | None
     train_loss_last_change: float | None
+    train_loss_n: int
     epochs_to_target: float | None  # mean first epoch reaching the target, over runs reaching it
     reached: int  # runs reaching the target
     fit_seconds: float | None
@@ -43,11 +46,15 @@ def first_epoch_reaching(run: Run, target: float) -> int | None:
 
 
 def last_loss_change(run: Run) -> tuple[float, float] | None:
-    """The last epoch's training loss and its change relative to the epoch before."""
-    losses = [v for _, v in sorted(run.curves.get("train/loss", {}).items())]
-    if len(losses) < 2 or losses[-2] == 0:
+    """The last epoch's training loss and its change relative to the epoch before; None without
+    two consecutive finite figures (a diverged run has no meaningful change)."""
+    losses = sorted(run.curves.get("train/loss", {}).items())
+    if len(losses) < 2:
         return None
-    return losses[-1], losses[-1] / losses[-2] - 1
+    (e0, before), (e1, last) = losses[-2:]
+    if e1 - e0 != 1 or not (math.isfinite(before) and math.isfinite(last)) or before == 0:
+        return None
+    return last, last / before - 1
 
 
 def summarise(grouping: Grouping, target: float) -> list[GroupSummary]:
@@ -65,6 +72,7 @@ def summarise(grouping: Grouping, target: float) -> list[GroupSummary]:
                 train_acc_final=_mean(values(members, "train_acc")),
                 train_loss_final=_mean([loss for loss, _ in ends]),
                 train_loss_last_change=_mean([change for _, change in ends]),
+                train_loss_n=len(ends),
                 epochs_to_target=_mean([float(e) for e in reached]),
                 reached=len(reached),
                 fit_seconds=_mean(values(members, "fit_seconds")),
@@ -75,7 +83,9 @@ def summarise(grouping: Grouping, target: float) -> list[GroupSummary]:
 
 @dataclass
 class PerClass:
-    names: list[str]  # the classes, in the first tested run's order
+    """Per-class test accuracy of each group with tested runs, for the table and the heatmap."""
+
+    names: list[str]  # every class any tested run reports, in first-seen order
     means: dict[str, list[float]]  # group -> mean test accuracy per class (nan: no figure)
 
 
@@ -88,11 +98,11 @@ def per_class_means(grouping: Grouping) -> PerClass:
                  and r.results["per_class_acc"]]  # fmt: skip
         if found:
             tested[label] = found
-    names = list(next(iter(tested.values()))[0]) if tested else []
+    names = list(dict.fromkeys(c for runs in tested.values() for pc in runs for c in pc))
 
     def mean(runs: list[dict[str, float]], c: str) -> float:
-        xs = [pc[c] for pc in runs if pc.get(c) is not None]
-        return statistics.fmean(xs) if xs else float("nan")
+        xs = [pc[c] for pc in runs if isinstance(pc.get(c), float | int) and math.isfinite(pc[c])]
+        return statistics.fmean(xs) if xs else math.nan
 
     return PerClass(names, {g: [mean(runs, c) for c in names] for g, runs in tested.items()})
 

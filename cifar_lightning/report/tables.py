@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from typing import Any
 
 from cifar_lightning.report.runs import METRICS
@@ -25,9 +26,10 @@ LEGEND = (
     "split, with the run's TTA (what selects); best val acc: the best per-epoch figure, no TTA. "
     "Clean train acc: eval-mode accuracy of the tested "
     "checkpoint on a fixed training subset, no augmentation, no TTA. Gap: clean train acc minus "
-    "the test accuracy of the same checkpoint without TTA. Last train loss: the running "
-    "training loss of the last epoch (under augmentation) and its change over that epoch, "
-    "relative to the epoch before: near 0 %, training had flattened."
+    "the test accuracy of the same checkpoint without TTA. Last train loss: mean over runs of "
+    "the last epoch's running training loss (under augmentation), and the mean relative change "
+    "from the epoch before's; near 0 % means the loss stopped falling, which a schedule "
+    "decaying the rate to zero also causes by itself."
 )
 
 
@@ -68,17 +70,19 @@ def group_table(rows: list[GroupSummary], column: str, target: float) -> str:
 
 
 def pairwise_table(comparisons: list[Comparison]) -> str:
-    """The pairs that could be tested; a pair with a single run on one side is only counted,
-    since a grid of single runs would otherwise fill the report with rows that say nothing."""
+    """The comparisons that could be tested; one with fewer than two figures on a side is only
+    counted, since a grid of single runs would otherwise fill the report with rows that say
+    nothing."""
     shown = [c for c in comparisons if c.note != "n < 2"]
     untestable = len(comparisons) - len(shown)
     if not shown:
-        return (f"No pair of groups has two runs or more on both sides: no test "
-                f"({untestable} pairs).")  # fmt: skip
+        return (f"No comparison has two runs or more with the figure on both sides: no test "
+                f"({untestable} comparisons, pairs of groups x metrics).")  # fmt: skip
     head = ["group A", "group B", "metric", "difference of means (A − B) pp", "Welch p", "Holm p"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     if untestable:
-        lines.insert(0, f"{untestable} pairs with a single run on one side: left out, no test.\n")
+        lines.insert(0, f"{untestable} comparisons with fewer than two runs on a side: no test, "
+                        "not listed.\n")  # fmt: skip
     for c in shown:
         cells = [c.a, c.b, NAMES[c.metric], f"{100 * c.diff:+.2f}", p_value(c.p, c.note),
                  p_value(c.p_holm)]  # fmt: skip
@@ -86,12 +90,12 @@ def pairwise_table(comparisons: list[Comparison]) -> str:
     return "\n".join(lines)
 
 
-def per_class_table(per_class: PerClass) -> str:
+def per_class_table(per_class: PerClass, column: str) -> str:
     """Groups as rows, classes as columns: mean test accuracy % over the group's tested runs."""
-    head = ["group", *per_class.names]
+    head = [column, *per_class.names]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, means in per_class.means.items():
-        cells = [NONE if m != m else f"{100 * m:.1f}" for m in means]  # m != m: nan
+        cells = [NONE if math.isnan(m) else f"{100 * m:.1f}" for m in means]
         lines.append("| " + " | ".join([label, *cells]) + " |")
     return "\n".join(lines)
 
@@ -109,6 +113,7 @@ def csv_rows(rows: list[GroupSummary]) -> list[dict[str, Any]]:
             "train_acc_mean": r.train_acc_final,  # last epoch, under augmentation
             "train_loss_final_mean": r.train_loss_final,
             "train_loss_last_change_mean": r.train_loss_last_change,
+            "train_loss_n": r.train_loss_n,
             "epochs_to_target": r.epochs_to_target,
             "reached_target": f"{r.reached}/{r.runs}",
             "fit_seconds_mean": r.fit_seconds,
