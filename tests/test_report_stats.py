@@ -390,3 +390,12 @@ def test_per_class_table_has_every_class_any_run_reports(tmp_path: Path):
         "| optimizer | plane | car | bird |", "|---|---|---|---|",
         "| adam | 50.0 | 70.0 | – |", "| sgd | – | 60.0 | 40.0 |",
     ]  # fmt: skip
+
+
+def test_loss_cell_says_how_many_runs_it_covers(tmp_path: Path):
+    make_run(tmp_path, ["optimizer=adam", "seed=0"], results())
+    short = make_run(tmp_path, ["optimizer=adam", "seed=1"], results())
+    (short / "metrics.csv").write_text("epoch,step,train/loss,val/acc\n0,10,2.0,0.55\n")
+    assert report_main([str(tmp_path), "--group-by", "optimizer"]) == 0
+    assert "| 1.500 (-25.0 %) (n=1) |" in (tmp_path / "report.md").read_text()
+    assert csv_rows(tmp_path)["adam"]["train_loss_n"] == "1"

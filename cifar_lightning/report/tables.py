@@ -50,23 +50,28 @@ def p_value(p: float | None, note: str = "") -> str:
     return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
 
 
+def markdown(head: list[str], rows: list[list[str]]) -> str:
+    """A markdown table: the header, its rule, one line per row."""
+    lines = ["| " + " | ".join(cells) + " |" for cells in (head, *rows)]
+    lines.insert(1, "|" + "---|" * len(head))
+    return "\n".join(lines)
+
+
 def group_table(rows: list[GroupSummary], column: str, target: float) -> str:
     head = [column, "n", *(f"{NAMES[m]} {'pp' if m == 'gap' else '%'}" for m in METRICS),
             f"epochs to val {100 * target:.0f}%", "last train loss (change)", "fit s"]  # fmt: skip
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    body = []
     for r in rows:
         runs = f"{r.runs}" + (f" (+{r.failed} failed)" if r.failed else "")
         epochs = NONE if r.epochs_to_target is None else f"{r.epochs_to_target:.1f}"
         fit = NONE if r.fit_seconds is None else f"{r.fit_seconds:.0f}"
-        loss = (
-            NONE
-            if r.train_loss_final is None or r.train_loss_last_change is None
-            else f"{r.train_loss_final:.3f} ({100 * r.train_loss_last_change:+.1f} %)"
-        )
-        cells = [r.label, runs, *(cell(r.metrics[m], r.runs) for m in METRICS),
-                 f"{epochs} ({r.reached}/{r.runs})", loss, fit]  # fmt: skip
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        loss = NONE
+        if r.train_loss_final is not None and r.train_loss_last_change is not None:
+            loss = f"{r.train_loss_final:.3f} ({100 * r.train_loss_last_change:+.1f} %)"
+            loss += "" if r.train_loss_n == r.runs else f" (n={r.train_loss_n})"
+        body.append([r.label, runs, *(cell(r.metrics[m], r.runs) for m in METRICS),
+                     f"{epochs} ({r.reached}/{r.runs})", loss, fit])  # fmt: skip
+    return markdown(head, body)
 
 
 def pairwise_table(comparisons: list[Comparison]) -> str:
@@ -79,25 +84,19 @@ def pairwise_table(comparisons: list[Comparison]) -> str:
         return (f"No comparison has two runs or more with the figure on both sides: no test "
                 f"({untestable} comparisons, pairs of groups x metrics).")  # fmt: skip
     head = ["group A", "group B", "metric", "difference of means (A − B) pp", "Welch p", "Holm p"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    table = markdown(head, [[c.a, c.b, NAMES[c.metric], f"{100 * c.diff:+.2f}",
+                             p_value(c.p, c.note), p_value(c.p_holm)] for c in shown])  # fmt: skip
     if untestable:
-        lines.insert(0, f"{untestable} comparisons with fewer than two runs on a side: no test, "
-                        "not listed.\n")  # fmt: skip
-    for c in shown:
-        cells = [c.a, c.b, NAMES[c.metric], f"{100 * c.diff:+.2f}", p_value(c.p, c.note),
-                 p_value(c.p_holm)]  # fmt: skip
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        return (f"{untestable} comparisons with fewer than two runs on a side: no test, "
+                f"not listed.\n\n{table}")  # fmt: skip
+    return table
 
 
 def per_class_table(per_class: PerClass, column: str) -> str:
     """Groups as rows, classes as columns: mean test accuracy % over the group's tested runs."""
-    head = [column, *per_class.names]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for label, means in per_class.means.items():
-        cells = [NONE if math.isnan(m) else f"{100 * m:.1f}" for m in means]
-        lines.append("| " + " | ".join([label, *cells]) + " |")
-    return "\n".join(lines)
+    rows = [[label, *(NONE if math.isnan(m) else f"{100 * m:.1f}" for m in means)]
+            for label, means in per_class.means.items()]  # fmt: skip
+    return markdown([column, *per_class.names], rows)
 
 
 def csv_rows(rows: list[GroupSummary]) -> list[dict[str, Any]]:
