@@ -74,6 +74,15 @@ def test_default_architecture():
     delta[torch.arange(64), torch.arange(64), 1, 1] = 1
     assert torch.equal(w[:64], delta)
     assert not torch.equal(w[64:], torch.zeros_like(w[64:]))
+    assert all(isinstance(m, nn.GELU) for m in (net.act, net.groups[2].act))
+
+
+def test_activation_option_swaps_every_activation_and_rejects_unknown_names():
+    net = FastNet(widths=(8, 16, 16), activation="silu")
+    acts = [m for m in net.modules() if isinstance(m, (nn.GELU, nn.SiLU))]
+    assert len(acts) == 4 and all(isinstance(m, nn.SiLU) for m in acts)
+    with pytest.raises(ValueError, match="model.activation: unknown activation 'relu'"):
+        FastNet(activation="relu")
 
 
 def test_whitening_init_whitens_the_patches():

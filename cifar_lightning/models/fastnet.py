@@ -2,7 +2,7 @@
 
 airbench94 reaches 94% on CIFAR-10 in about 3.3 s on an A100. The network is small and plain:
 
-    whiten (2x2 conv, 3 -> 24, frozen, set from the data) -> GELU
+    whiten (2x2 conv, 3 -> 24, frozen, set from the data) -> GELU (model.activation: or SiLU)
     3 x [conv3x3 -> maxpool2 -> BN -> GELU -> conv3x3 -> BN -> GELU]   (64, 256, 256 channels)
     global max-pool -> linear (no bias) -> x 1/9
 
@@ -54,15 +54,18 @@ def batch_norm(channels: int, momentum: float) -> nn.BatchNorm2d:
     return bn
 
 
+ACTIVATIONS = {"gelu": nn.GELU, "silu": nn.SiLU}  # airbench: GELU; hiverge's record line: SiLU
+
+
 class ConvGroup(nn.Module):
-    def __init__(self, c_in: int, c_out: int, bn_momentum: float) -> None:
+    def __init__(self, c_in: int, c_out: int, bn_momentum: float, activation: str) -> None:
         super().__init__()
         self.conv1 = conv3x3(c_in, c_out)
         self.pool = nn.MaxPool2d(2)
         self.norm1 = batch_norm(c_out, bn_momentum)
         self.conv2 = conv3x3(c_out, c_out)
         self.norm2 = batch_norm(c_out, bn_momentum)
-        self.act = nn.GELU()
+        self.act = ACTIVATIONS[activation]()
 
     def forward(self, x: Tensor) -> Tensor:
         # Pool straight after the first conv: the BN and GELU then run on a quarter of the pixels.
@@ -82,6 +85,7 @@ class FastNet(Network):
         whiten_eps: float = 5e-4,
         norm_bias_lr_scale: float = 1.0,
         whiten_bias_lr_scale: float | None = None,
+        activation: str = "gelu",
     ) -> None:
         """widths: output channels of the conv groups. whiten_bias_epochs: epochs during which
         the whitening layer's bias trains (then it is frozen). scaling: multiplies the logits.
@@ -92,8 +96,14 @@ class FastNet(Network):
         parameters' (airbench: BN biases learn 64x faster), weight decay scaled down by the same
         factor (see param_groups). whiten_bias_lr_scale: None, the whitening bias is one of the
         other parameters; a number, it is a group of its own at that lr scale whose learning rate
-        decays linearly to zero over whiten_bias_epochs."""
+        decays linearly to zero over whiten_bias_epochs. activation: "gelu" (airbench) or
+        "silu", after the whitening layer and every batch norm."""
         super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(
+                f"model.activation: unknown activation {activation!r}; use one of "
+                f"{sorted(ACTIVATIONS)}"
+            )
         widths = [int(w) for w in widths]
         self.whiten_bias_epochs = whiten_bias_epochs
         self.whiten_eps = whiten_eps
@@ -110,10 +120,10 @@ class FastNet(Network):
         # Whether init_whitening has run; in the state dict, so a loaded checkpoint says so too.
         self.register_buffer("whitened", torch.zeros((), dtype=torch.bool))
 
-        self.act = nn.GELU()
+        self.act = ACTIVATIONS[activation]()
         groups, c_in = [], self.whiten.out_channels
         for c_out in widths:
-            groups.append(ConvGroup(c_in, c_out, bn_momentum))
+            groups.append(ConvGroup(c_in, c_out, bn_momentum, activation))
             c_in = c_out
         self.groups = nn.Sequential(*groups)
         self.head = nn.Linear(c_in, num_classes, bias=False)
