@@ -46,8 +46,8 @@ PLUGINS = {
     "hydra/launcher=slurm": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
     "hydra/launcher=submitit_slurm": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
     "hydra/launcher=submitit_local": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
-    "hydra/sweeper=optuna": ("hydra_plugins.hydra_optuna_sweeper", "sweep"),
-    "hparams_search=optuna_lr": ("hydra_plugins.hydra_optuna_sweeper", "sweep"),
+    "hydra/sweeper=optuna_study": ("optuna", "sweep"),  # the project's (cifar_lightning/study.py)
+    "hparams_search=optuna_lr": ("optuna", "sweep"),
     "logger=mlflow": ("mlflow", "mlflow"),
     "logger=many": ("mlflow", "mlflow"),
     "logger=wandb": ("wandb", "wandb"),
@@ -157,10 +157,25 @@ def cli_guard(task: Callable[[Any], Any], cfg: Any) -> Any:
         message = user_message(err)
         if message is None:
             raise
-        log.error("error: %s", message)
         if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+            # Each failed job says so on the console as it ends; run_main prints the sweep's
+            # error once more at its end, when the others have run.
+            log.error("error: %s", message)
             raise
+        _log_to_files(f"error: {message}")
         exit_with(message)
+
+
+def _log_to_files(message: str) -> None:
+    """An ERROR record for the run's log file only (the report reads a failed run's reason
+    there): exit_with prints the console's one line, which the console handler would repeat."""
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, "%s", (message,), None)
+    logger: logging.Logger | None = log
+    while logger is not None:  # the handlers a record of `log` reaches, as Logger.handle walks
+        for handler in logger.handlers:
+            if isinstance(handler, logging.FileHandler) and record.levelno >= handler.level:
+                handler.handle(record)
+        logger = logger.parent if logger.propagate else None
 
 
 def _in_task(err: BaseException) -> bool:
@@ -188,7 +203,9 @@ def run_main(hydra_main: Callable[[], Any], argv: list[str]) -> None:
     try:
         hydra_main()
     except Exception as err:
-        message = user_message(err) if _in_task(err) else config_message(err)
+        # A UserError outside the task: the sweeper's (e.g. an unreachable study storage).
+        in_task = _in_task(err) or isinstance(err, UserError)
+        message = user_message(err) if in_task else config_message(err)
         if message is None:
             raise
         exit_with(message)
@@ -213,6 +230,11 @@ def check_writable(folder: Path, key: str) -> None:
 
 # Keys of earlier versions -> what replaced them.
 RENAMED = {"data_root": "data.root"}
+# Options of earlier versions -> why they went and what replaced them.
+REPLACED = {
+    "hydra/sweeper=optuna": "hydra/sweeper=optuna was hydra-optuna-sweeper's, which needs optuna<3 "
+    "(no database storage beside SQLAlchemy 2): use hydra/sweeper=optuna_study, the project's",
+}
 
 
 def check_cli(argv: list[str], default_dir: str = "outputs") -> None:
@@ -223,6 +245,8 @@ def check_cli(argv: list[str], default_dir: str = "outputs") -> None:
         if old in RENAMED:
             raise UserError(f"{old}= is no longer a key: use {RENAMED[old]}=PATH, the same key "
                             f"as train.py's.")  # fmt: skip
+        if arg in REPLACED:
+            raise UserError(REPLACED[arg])
         if arg in PLUGINS and not _installed(PLUGINS[arg][0]):
             module, extra = PLUGINS[arg]
             raise UserError(f"{arg} needs {module}, which is not installed. "

@@ -64,6 +64,11 @@ class Classifier(L.LightningModule):
         self.train_loss.persistent(True)
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        # Evaluation losses as metrics, weighted by batch size: under DDP torchmetrics sums
+        # values and weights over the ranks, so val/loss and test/loss are the mean over every
+        # image, as one process gets (a logged tensor would be rank 0's shard only).
+        self.val_loss = MeanMetric()
+        self.test_loss = MeanMetric()
         self.test_class_acc = MulticlassAccuracy(num_classes, average=None)
         self.test_confmat = MulticlassConfusionMatrix(num_classes)
         self.tta_level = tta_level  # test-time augmentation in test_step (0: off; see tta.py)
@@ -79,6 +84,7 @@ class Classifier(L.LightningModule):
         object.__setattr__(self, "_compiled", compiled)
         self.lr: float | None = None  # the LR finder's suggestion, when tune_lr=true
         self.predict_tta_level = 0  # what predict_step evaluates with (see evaluation.score)
+        self.predict_probabilities = False  # predict_step's output: counts, or probabilities
         self.run_config: dict | None = None  # set by the training script, saved in checkpoints
         self.test_report: dict[str, Any] = {}
         self._groups: list[dict[str, Any]] = []  # the network's parameter groups, as built
@@ -147,7 +153,8 @@ class Classifier(L.LightningModule):
         logits = self(x)
         preds = logits.argmax(1)
         self.val_acc(preds, y)
-        self.log("val/loss", self.criterion(logits, y), on_epoch=True, prog_bar=True)
+        self.val_loss.update(self.criterion(logits, y), weight=len(y))
+        self.log("val/loss", self.val_loss, on_epoch=True, prog_bar=True)
         self.log("val/acc", self.val_acc, on_epoch=True, prog_bar=True)
         return {"preds": preds}
 
@@ -163,15 +170,21 @@ class Classifier(L.LightningModule):
         self.test_acc(preds, y)
         self.test_class_acc.update(preds, y)
         self.test_confmat.update(preds, y)
-        self.log("test/loss", self.criterion(logits, y), on_epoch=True)
+        self.test_loss.update(self.criterion(logits, y), weight=len(y))
+        self.log("test/loss", self.test_loss, on_epoch=True)
         self.log("test/acc", self.test_acc, on_epoch=True)
         return {"preds": preds}
 
-    def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
+    def predict_step(
+        self, batch: tuple[Tensor, Tensor], batch_idx: int
+    ) -> dict[str, Tensor] | Tensor:
         """Counts for evaluation.score: correct predictions and the summed loss of a batch, at
-        predict_tta_level. Per-batch sums stay on the device until the end."""
+        predict_tta_level. Per-batch sums stay on the device until the end. With
+        predict_probabilities (predict.py): the images' class probabilities, in fp32."""
         x, y = self._inputs(batch)
         logits = self.eval_logits(x, self.predict_tta_level)
+        if self.predict_probabilities:  # softmax in fp32, whatever the autocast dtype
+            return logits.float().softmax(1)
         return {
             "correct": (logits.argmax(1) == y).sum(),
             "loss_sum": self.criterion(logits, y) * len(y),
@@ -179,10 +192,16 @@ class Classifier(L.LightningModule):
         }
 
     def on_test_epoch_end(self) -> None:
-        per_class = self.test_class_acc.compute().tolist()
+        accs = self.test_class_acc.compute().tolist()
+        confusion = self.test_confmat.compute().tolist()  # rows: the true class
+        # A class none of whose images was tested (trainer.limit_test_batches) has no accuracy:
+        # None, where torchmetrics would report 0.0. test_images: what test_acc counts.
+        rows = zip(self.class_names, accs, confusion, strict=True)
+        per_class = {name: acc if sum(row) else None for name, acc, row in rows}
         self.test_report = {
-            "per_class_acc": dict(zip(self.class_names, per_class, strict=True)),
-            "confusion_matrix": self.test_confmat.compute().tolist(),
+            "per_class_acc": per_class,
+            "test_images": sum(map(sum, confusion)),
+            "confusion_matrix": confusion,
         }
         self.test_class_acc.reset()
         self.test_confmat.reset()

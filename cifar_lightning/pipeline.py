@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -81,8 +82,20 @@ def make_trainer(
         callbacks=callbacks,
         logger=loggers,
         default_root_dir=out,
-        plugins=[checkpoint.AtomicCheckpointIO()],
+        plugins=[checkpoint.AtomicCheckpointIO(), *cluster_plugins()],
     )
+
+
+def cluster_plugins() -> list[Any]:
+    """In a job that submitit started on SLURM (hydra/launcher=slurm): Lightning's SLURM
+    environment without its auto-requeue, because submitit requeues such jobs itself
+    (cifar_lightning/slurm.py). Elsewhere none: Lightning detects SLURM, or not, by itself, and a
+    plain sbatch job keeps Lightning's requeue on SIGUSR1."""
+    if os.environ.get("SUBMITIT_EXECUTOR") != "slurm":
+        return []
+    from lightning_fabric.plugins.environments import SLURMEnvironment
+
+    return [SLURMEnvironment(auto_requeue=False)]
 
 
 def resume_path(cfg: DictConfig, out: Path) -> str | None:
@@ -165,6 +178,7 @@ def save_results(
         "test_acc": test.get("test_acc"),
         "test_loss": test.get("test_loss"),
         "per_class_acc": test.get("per_class_acc"),
+        "test_images": test.get("test_images"),  # k of n for the report's Wilson interval
         **fields,
         "overrides": list(HydraConfig.get().overrides.task),
         "health": health.findings if health is not None else [],
@@ -258,26 +272,36 @@ def train(cfg: DictConfig, extra_callbacks: ExtraCallbacks | None = None) -> flo
     return results.selection_value({**figures, "best_val_acc": best_val})
 
 
+def load_trained(
+    ckpt_path: str | Path, data_root: str | None = None
+) -> tuple[dict[str, Any], DictConfig, CIFAR10DataModule, Classifier]:
+    """A checkpoint train.py wrote, as eval.py, predict.py and export.py read it: loaded
+    weights-only, its run config checked to build only the project's own components, then the
+    datamodule and module built from that config with the checkpoint's weights. Returns (the
+    checkpoint, its run config, datamodule, module); data_root replaces the run's data.root."""
+    ckpt = checkpoint.load(ckpt_path)
+    run_cfg = OmegaConf.create(ckpt.get("run_config") or {})
+    # Checkpoints are data: their config may only build the project's own components.
+    config_checks.check_targets(run_cfg, source=str(ckpt_path))
+    if "data" not in run_cfg or "trainer" not in run_cfg:
+        raise UserError(f"{ckpt_path} holds no run config; only checkpoints that train.py wrote "
+                        f"can be read.")  # fmt: skip
+    if data_root is not None:
+        run_cfg.data.root = data_root
+    # The training run's seed (a drawn one, seed=null, is not in its config: the test set does
+    # not depend on it).
+    datamodule, module = build(run_cfg, run_cfg.get("seed") or 0)
+    checkpoint.restore_weights(module, ckpt, ckpt_path)
+    return ckpt, run_cfg, datamodule, module
+
+
 def evaluate(cfg: DictConfig) -> float:
     """Re-test a checkpoint exactly as its training run tested it: the run's own config for the
     data, model and trainer (precision, TTA, batch sizes, limits); only the data folder
     (data.root) and the device (trainer.accelerator/devices/strategy/num_nodes) may change."""
     provenance.code_at_start()  # read before a long run (train.py has read it before Hydra)
     out = output_dir()
-    ckpt = checkpoint.load(cfg.ckpt_path)
-    run_cfg = OmegaConf.create(ckpt.get("run_config") or {})
-    # Checkpoints are data: their config may only build the project's own components.
-    config_checks.check_targets(run_cfg, source=str(cfg.ckpt_path))
-    if "data" not in run_cfg or "trainer" not in run_cfg:
-        raise UserError(
-            f"{cfg.ckpt_path} holds no run config; eval.py reads checkpoints that train.py wrote."
-        )
-    if cfg.data.root is not None:
-        run_cfg.data.root = cfg.data.root
-    # The training run's seed (a drawn one, seed=null, is not in its config: the test set does
-    # not depend on it).
-    datamodule, module = build(run_cfg, run_cfg.get("seed") or 0)
-    checkpoint.restore_weights(module, ckpt, cfg.ckpt_path)
+    ckpt, run_cfg, datamodule, module = load_trained(cfg.ckpt_path, cfg.data.root)
     best_val = None
     for state in ckpt.get("callbacks", {}).values():
         if state.get("monitor") is not None and state.get("best_model_score") is not None:

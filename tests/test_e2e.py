@@ -7,11 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import FAST, run_cli
 
 pytestmark = pytest.mark.slow
 
-FAST = ["data.batch_size=32", "data.num_workers=0", "data.val_size=50", "augment=standard"]
 RESULT_KEYS = {
     "test_acc",
     "per_class_acc",
@@ -25,22 +24,7 @@ RESULT_KEYS = {
 }
 
 
-@pytest.fixture(scope="module")
-def trained_run(folder_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    run = tmp_path_factory.mktemp("runs") / "train"
-    proc = run_cli(
-        "train.py",
-        f"data.root={folder_root}",
-        *FAST,
-        "trainer.max_epochs=4",
-        f"hydra.run.dir={run}",
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    (run / "console.txt").write_text(proc.stdout + proc.stderr)
-    return run
-
-
-def test_training_learns_and_writes_the_outputs_contract(trained_run: Path):
+def test_training_learns_and_writes_the_outputs_contract(trained_run: Path, folder_root: Path):
     results = json.loads((trained_run / "results.json").read_text())
     assert RESULT_KEYS <= set(results)
     assert results["test_acc"] > 0.5, results  # chance is 0.1
@@ -57,6 +41,8 @@ def test_training_learns_and_writes_the_outputs_contract(trained_run: Path):
         "truck",
     }
     assert all(0 <= v <= 1 for v in results["per_class_acc"].values())
+    tested = len(list((folder_root / "test").rglob("*.png")))  # the whole test split
+    assert results["test_images"] == tested
     assert 0 <= results["best_val_acc"] <= 1 and results["epochs"] == 4 and results["seed"] == 0
     assert results["checkpoint"].endswith("best.ckpt")
     for name in (
@@ -191,13 +177,23 @@ def test_ddp_on_two_cpu_processes_counts_every_test_image_once(tmp_path: Path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     out = proc.stdout + proc.stderr
     assert out.count("Total Accuracy:") == 1 and out.count("results: ") == 1  # rank 0 only
+    ddp = single_process_eval_matches(run, tmp_path / "single")
+    # Every one of the 109 images counted once: accuracies are multiples of 1/109.
+    assert abs(ddp["test_acc"] * 109 - round(ddp["test_acc"] * 109)) < 1e-4
+
+
+def single_process_eval_matches(run: Path, single: Path) -> dict:
+    """eval.py of a DDP run's checkpoint in one process gives the run's test accuracy, per-class
+    accuracy and test loss (the loss to float rounding: the ranks' sums are added in another
+    order). Returns the run's results."""
     ddp = json.loads((run / "results.json").read_text())
-    single = tmp_path / "single"
-    proc = run_cli("eval.py", f"ckpt_path={ddp['checkpoint']}", "trainer.accelerator=cpu",
-                   "trainer.devices=1", f"hydra.run.dir={single}")  # fmt: skip
+    # Quoted: a sweep job's folder name holds '=', ',' and brackets (Hydra's override grammar).
+    proc = run_cli("eval.py", f"ckpt_path='{ddp['checkpoint']}'", "trainer.accelerator=cpu",
+                   "trainer.devices=1", "trainer.strategy=auto", "trainer.num_nodes=1",
+                   f"hydra.run.dir={single}")  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     one = json.loads((single / "results.json").read_text())
     assert one["test_acc"] == pytest.approx(ddp["test_acc"], abs=1e-6)
     assert one["per_class_acc"] == pytest.approx(ddp["per_class_acc"], abs=1e-6)
-    # Every one of the 109 images counted once: accuracies are multiples of 1/109.
-    assert abs(ddp["test_acc"] * 109 - round(ddp["test_acc"] * 109)) < 1e-4
+    assert one["test_loss"] == pytest.approx(ddp["test_loss"], rel=1e-5)
+    return ddp

@@ -348,6 +348,9 @@ def test_cli_bad_settings_are_one_error_line(script, args, expected, folder_root
     assert "Traceback" not in proc.stderr
     [line] = error_lines(proc.stderr)
     assert expected in line
+    assert "error:" not in proc.stdout  # printed once: the console log handler does not repeat it
+    for log in tmp_path.glob("*.log"):  # an error inside the task: the run's log keeps it
+        assert expected in log.read_text()
 
 
 @pytest.mark.parametrize(

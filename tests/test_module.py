@@ -47,6 +47,24 @@ def test_per_class_accuracy_and_confusion_match_a_direct_count(folder_root, tmp_
     confusion = np.zeros((10, 10), dtype=int)
     np.add.at(confusion, (true, pred), 1)
     assert module.test_report["confusion_matrix"] == confusion.tolist()
+    assert module.test_report["test_images"] == len(true)
+
+
+def test_a_class_without_test_images_has_no_accuracy(folder_root, tmp_path):
+    # One test batch of 3 images (trainer.limit_test_batches): at least 7 classes go untested.
+    net = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 10))
+    module = Classifier(net, optimizer=torch.optim.SGD)
+    dm = CIFAR10DataModule(
+        root=str(folder_root), download=False, eval_batch_size=3, num_workers=0, val_size=50
+    )
+    trainer = L.Trainer(accelerator="cpu", logger=False, default_root_dir=tmp_path,
+                        enable_progress_bar=False, limit_test_batches=1)  # fmt: skip
+    trainer.test(module, datamodule=dm, verbose=False)
+    report = module.test_report
+    tested = {DISPLAY_NAMES[k] for k in dm.test_set.y[:3].tolist()}  # the unshuffled first batch
+    assert report["test_images"] == 3
+    assert {name for name, acc in report["per_class_acc"].items() if acc is not None} == tested
+    assert len(tested) < len(DISPLAY_NAMES)
 
 
 class Sizes(nn.Module):

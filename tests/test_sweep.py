@@ -30,13 +30,15 @@ UNTOUCHED = ["results.json", "metrics.csv", "confusion_matrix.png", "checkpoints
              "checkpoints/last.ckpt"]  # fmt: skip
 
 
-def command(root: Path, sweep_dir: Path, *extra: str) -> list[str]:
+def command(
+    root: Path, sweep_dir: Path, *extra: str, seeds: str = "0,1", optimizers: str = "adam,sgd"
+) -> list[str]:
     return [
         sys.executable, "train.py", "-m", f"data.root={root}", "data.num_workers=0",
         "data.batch_size=32", "data.val_size=50", "data.train_size=128",
         "model.widths=[[8,8],[8,8],[8,8]]", "trainer.max_epochs=2", "trainer.deterministic=true",
         "callbacks.last_checkpoint.every_n_train_steps=1", f"hydra.sweep.dir={sweep_dir}",
-        *extra, "seed=0,1", "optimizer=adam,sgd",
+        *extra, f"seed={seeds}", f"optimizer={optimizers}",
     ]  # fmt: skip
 
 
@@ -99,10 +101,9 @@ def kill_in_third_job(cmd: list[str], sweep_dir: Path) -> int:
 
 
 @pytest.fixture(scope="module")
-def sweeps(folder_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def sweeps(folder_root: Path, basic_sweep: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     tmp = tmp_path_factory.mktemp("sweep")
-    whole, killed = tmp / "whole", tmp / "killed"
-    run(command(folder_root, whole))
+    whole, killed = basic_sweep, tmp / "killed"
     out: dict = {"whole": whole, "killed": killed}
     out["killed_at"] = kill_in_third_job(command(folder_root, killed), killed)
     third = job_dir(killed, JOBS[2])

@@ -10,15 +10,30 @@ from cifar_lightning.fileio import atomic_write
 from cifar_lightning.report import origin, plots, tables
 from cifar_lightning.report.groups import group_runs, split_keys
 from cifar_lightning.report.runs import Run, best_run, find_runs, selection_key
-from cifar_lightning.report.summary import compare, per_class_means, summarise
+from cifar_lightning.report.stats import CONFIDENCE
+from cifar_lightning.report.summary import compare, per_class_means, run_intervals, summarise
 
 VERSUS = "val_acc_versus.png"
 NO_VALIDATION = "no validation split: no best run is picked"
 PAIRWISE_NOTE = (
-    "Welch's t-test (unequal variances, two-sided) of equal means between every two groups, "
-    "on the per-run figures; Holm's step-down correction over the pairs of each metric (Holm p "
-    "controls the family-wise error rate at the level you read it against). A comparison with "
-    "fewer than two runs on a side has no test: such comparisons are counted, not listed."
+    "Between every two groups, per metric: the difference of means (A − B) with its "
+    f"{100 * CONFIDENCE:.0f} % confidence interval and the two-sided p of no difference. Runs "
+    "of two groups with the same seed share their initialisation and data order, so where every "
+    "seed of one group has its twin in the other the test is paired: a t-test on the per-seed "
+    "differences (over the seeds both have; the interval is the t interval of the mean "
+    "difference). Otherwise Welch's t-test (unequal variances; Welch-Satterthwaite interval). "
+    "Holm p: Holm's step-down correction over the family named below the table (it controls "
+    "the family-wise error rate at the level you read it against; --holm-over chooses the "
+    "family). A comparison with fewer than two runs on a side has no test: such comparisons "
+    "are counted, not listed."
+)
+SAMPLING_NOTE = (
+    "The ± of the groups table is over seeds: how far the training randomness moves a run's "
+    "figure on this one test set. It does not include the test set's own sampling error: every "
+    "seed is scored on the same images, so that error does not average out over seeds, and a "
+    "claim that a recipe reaches X % on images of this kind (not only on these) must allow for "
+    "both. Per run, the Wilson "
+    f"{100 * CONFIDENCE:.0f} % interval of its test accuracy (k of n images correct):"
 )
 
 
@@ -48,11 +63,12 @@ def _best_section(best: Run | None, runs: list[Run], out: Path) -> list[str]:
 
 def write_report(
     paths: list[Path], target: float = 0.6, group_by: list[str] | None = None,
-    versus: list[str] | None = None,
+    versus: list[str] | None = None, holm_over: str = "metric", out: Path | None = None,
 ) -> str:  # fmt: skip
-    """Write the report into paths[0]; return what the console shows. versus: the swept keys
-    (e.g. optimizer.lr) of the validation-accuracy figure, val_acc_versus.png."""
-    out = paths[0]
+    """Write the report into `out` (default paths[0]); return what the console shows. versus:
+    the swept keys (e.g. optimizer.lr) of the validation-accuracy figure, val_acc_versus.png;
+    holm_over: the Holm families (summary.holm_families)."""
+    out = paths[0] if out is None else out
     runs = find_runs(paths)
     if not runs:
         raise UserError(f"no runs (folders with .hydra/overrides.yaml) under "
@@ -66,11 +82,15 @@ def write_report(
                         f"figure has a positive number under this key.")  # fmt: skip
     rows = summarise(grouping, target)
     table = tables.group_table(rows, grouping.column, target)
-    comparisons = compare(grouping)
+    comparisons = compare(grouping, holm_over=holm_over)
     pairs = (tables.pairwise_table(comparisons) if comparisons
              else "Fewer than two groups with figures: nothing to compare.")  # fmt: skip
+    intervals = run_intervals(grouping)
+    sampling = ([SAMPLING_NOTE, "", tables.interval_table(intervals, grouping.column, out), "",
+                 *tables.sampling_notes(rows, intervals)] if intervals else [])  # fmt: skip
     warnings = origin.warnings(runs)
 
+    out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "summary.csv", lambda f: f.write(tables.summary_csv(rows).encode()))
     plots.plot_curves(grouping, out / "curves.png")
     per_class = per_class_means(grouping)
@@ -88,6 +108,7 @@ def write_report(
         + f", {len(bad)} failed or incomplete; grouped by {grouping.description}.", "",
         "## Groups", "", tables.LEGEND, "", table, "",
         "## Pairwise comparisons", "", PAIRWISE_NOTE, "", pairs, "",
+        *(["## Test-set sampling error", "", *sampling, ""] if sampling else []),
         "## Learning curves", "", "![learning curves](curves.png)", "",
     ]  # fmt: skip
     if points is not None:
@@ -107,7 +128,7 @@ def write_report(
     report = "\n".join(lines) + "\n"
     atomic_write(out / "report.md", lambda f: f.write(report.encode()))
 
-    console = [*warnings, table, "", pairs]
+    console = [*warnings, table, "", pairs, *(["", *sampling] if sampling else [])]
     if bad:
         console.append(f"\n{len(bad)} failed or incomplete run(s): see report.md")
     return "\n".join(console)

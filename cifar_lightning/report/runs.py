@@ -74,6 +74,24 @@ class Run:
         except ValueError:
             return 0
 
+    @property
+    def test_images(self) -> int | None:
+        """How many test images test_acc counts: results.json's `test_images`, else the test
+        split's size in its provenance when the run tested all of it (trainer.limit_test_batches
+        1.0, no fast_dev_run); None when that is not known."""
+        results = self.results or {}
+        recorded = results.get("test_images")
+        if isinstance(recorded, int) and not isinstance(recorded, bool) and recorded > 0:
+            return recorded
+        provenance = results.get("provenance")
+        data = provenance.get("data") if isinstance(provenance, dict) else None
+        split = data.get("test") if isinstance(data, dict) else None
+        if not self.config or not isinstance(split, int) or isinstance(split, bool) or split < 1:
+            return None  # without the saved config, the test's limits are unknown
+        whole = self.value("trainer.limit_test_batches") in (None, "1.0")  # an int 1: one batch
+        whole = whole and self.value("trainer.fast_dev_run") in (None, "False", "false", "0")
+        return split if whole else None
+
     def metric(self, name: str) -> float | None:
         """One figure of the run (see METRICS; any other results.json number by its key)."""
         if self.results is None:

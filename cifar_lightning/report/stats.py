@@ -1,10 +1,14 @@
-"""Statistics over seeds: mean, sample std and t confidence interval of a group; Welch's t-test
-between groups with Holm's correction over the pairs compared.
+"""Statistics over seeds: mean, sample std and t confidence interval of a group; the difference
+of two groups with its interval and p-value (paired t-test over shared seeds, else Welch's);
+Holm's correction over a family of comparisons; the Wilson interval of one run's accuracy.
 
-A group of n runs differing only in the seed is treated as n independent draws; the interval
-and the test assume roughly normal per-run figures, which holds better for accuracies of many
-test images than for tiny test sets. With n < 2 there is no spread to estimate: std, interval
-and tests are None.
+A group of n runs differing only in the seed is treated as n draws of the training randomness;
+the intervals and tests assume roughly normal per-run figures, which holds better for
+accuracies of many test images than for tiny test sets. With n < 2 there is no spread to
+estimate: std, interval and tests are None. Runs of two groups with the same seed share their
+initialisation and data order (pipeline.py seeds before building), so their figures are
+correlated: a paired test on the per-seed differences removes what the seed contributes to
+both, and Welch's test, which assumes independent groups, would overstate the noise.
 """
 
 from __future__ import annotations
@@ -12,13 +16,15 @@ from __future__ import annotations
 import math
 import statistics
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import combinations
+from typing import Any
 
 from scipy import stats
 
 CONFIDENCE = 0.95
+PAIRED = "paired"
+WELCH = "Welch"
 
 
 @dataclass(frozen=True)
@@ -48,28 +54,88 @@ def describe(values: Sequence[float], confidence: float = CONFIDENCE) -> Summary
     return Summary(n, mean, std, mean - half, mean + half)
 
 
-def welch_p(a: Sequence[float], b: Sequence[float]) -> float | None:
-    """Two-sided p-value of Welch's t-test (unequal variances) of equal means.
+@dataclass(frozen=True)
+class Difference:
+    """mean(a) − mean(b) with its confidence interval and the two-sided p-value of no
+    difference; interval and p are None where the test is undefined (note says why)."""
 
-    None when a group has fewer than two values, or when neither varies (the test statistic is
-    then undefined or infinite: two seeds landing on the same accuracy say nothing about how
-    far another seed could land).
+    test: str  # PAIRED or WELCH
+    pairs: int  # paired: the seeds paired on; Welch: 0
+    diff: float
+    ci_low: float | None
+    ci_high: float | None
+    p: float | None
+    note: str = ""
+
+
+def _untestable(test: str, pairs: int, diff: float, note: str) -> Difference:
+    return Difference(test, pairs, diff, None, None, None, note)
+
+
+def _result(test: str, pairs: int, diff: float, result: Any, confidence: float) -> Difference:
+    """A scipy t-test result as a Difference: its p and its interval of the difference."""
+    p = float(result.pvalue)
+    if math.isnan(p):
+        return _untestable(test, pairs, diff, "no variance")
+    ci = result.confidence_interval(confidence)
+    return Difference(test, pairs, diff, float(ci.low), float(ci.high), p)
+
+
+def paired(a: Sequence[float], b: Sequence[float], confidence: float = CONFIDENCE) -> Difference:
+    """Paired t-test of a[i] − b[i] (a[i] and b[i]: one seed's runs), scipy's ttest_rel; the
+    interval is mean(d) ± t_{(1+confidence)/2, n-1} · std(d) / sqrt(n).
+
+    No test with fewer than two pairs, or when every pair differs by the same amount (the
+    differences have no spread: t is infinite, and two seeds agreeing says nothing of a third).
     """
-    if len(a) < 2 or len(b) < 2:
-        return None
-    if statistics.pvariance(a) == 0 and statistics.pvariance(b) == 0:
-        return None
+    if len(a) != len(b):
+        raise ValueError(f"paired: {len(a)} and {len(b)} values are not pairs")
+    n = len(a)
+    if n == 0:
+        raise ValueError("paired: no pairs")
+    d = [x - y for x, y in zip(a, b, strict=True)]
+    diff = statistics.fmean(d)
+    if n < 2:
+        return _untestable(PAIRED, n, diff, "n < 2")
+    if statistics.pvariance(d) == 0:
+        return _untestable(PAIRED, n, diff, "no variance")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # near-identical values: precision notes
-        p = float(stats.ttest_ind(a, b, equal_var=False).pvalue)
-    return None if math.isnan(p) else p
+        result = stats.ttest_rel(a, b)
+    return _result(PAIRED, n, diff, result, confidence)
+
+
+def welch(a: Sequence[float], b: Sequence[float], confidence: float = CONFIDENCE) -> Difference:
+    """Welch's t-test (unequal variances) of equal means, scipy's ttest_ind(equal_var=False);
+    the interval is diff ± t_{(1+confidence)/2, df} · se with se² = s_a²/n_a + s_b²/n_b and the
+    Welch-Satterthwaite df = se⁴ / ((s_a²/n_a)²/(n_a−1) + (s_b²/n_b)²/(n_b−1)).
+
+    No test when a group has fewer than two values, or when neither varies (t is then
+    undefined or infinite).
+    """
+    if not a or not b:
+        raise ValueError("welch: a group without values has no mean")
+    diff = statistics.fmean(a) - statistics.fmean(b)
+    if len(a) < 2 or len(b) < 2:
+        return _untestable(WELCH, 0, diff, "n < 2")
+    if statistics.pvariance(a) == 0 and statistics.pvariance(b) == 0:
+        return _untestable(WELCH, 0, diff, "no variance")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        result = stats.ttest_ind(a, b, equal_var=False)
+    return _result(WELCH, 0, diff, result, confidence)
+
+
+def welch_p(a: Sequence[float], b: Sequence[float]) -> float | None:
+    """Two-sided p-value of Welch's t-test; None where welch() has no test."""
+    return welch(a, b).p if a and b else None
 
 
 def holm(pvalues: Sequence[float]) -> list[float]:
     """Holm's step-down adjustment of m p-values, in their given order.
 
     The i-th smallest (i = 1..m) becomes max over j <= i of min(1, (m - j + 1) · p_(j)):
-    monotone in the raw p's and at most 1. Controls the family-wise error rate.
+    monotone in the raw p's and at most 1. Controls the family-wise error rate over the m.
     """
     m = len(pvalues)
     order = sorted(range(m), key=lambda i: pvalues[i])
@@ -81,30 +147,8 @@ def holm(pvalues: Sequence[float]) -> list[float]:
     return adjusted
 
 
-@dataclass(frozen=True)
-class Comparison:
-    a: str
-    b: str
-    metric: str
-    diff: float  # mean(a) - mean(b)
-    p: float | None  # Welch, two-sided
-    p_holm: float | None  # Holm-adjusted over the pairs of this metric that were tested
-    note: str = ""  # why p is None
-
-
-def pairwise(groups: Mapping[str, Sequence[float]], metric: str) -> list[Comparison]:
-    """Every pair of groups with values, in the mapping's order, Holm-corrected over the pairs
-    that could be tested."""
-    labels = [g for g, values in groups.items() if len(values) > 0]
-    pairs = []
-    for a, b in combinations(labels, 2):
-        va, vb = groups[a], groups[b]
-        p = welch_p(va, vb)
-        note = "" if p is not None else ("n < 2" if min(len(va), len(vb)) < 2 else "no variance")
-        pairs.append((a, b, statistics.fmean(va) - statistics.fmean(vb), p, note))
-    tested = [i for i, pair in enumerate(pairs) if pair[3] is not None]
-    adjusted = dict(zip(tested, holm([pairs[i][3] for i in tested]), strict=True))
-    return [
-        Comparison(a, b, metric, diff, p, adjusted.get(i), note)
-        for i, (a, b, diff, p, note) in enumerate(pairs)
-    ]
+def wilson(correct: int, n: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """The Wilson score interval of an accuracy of `correct` out of `n` test images (scipy's
+    binomtest): the test set's own sampling error, which a seed interval leaves out."""
+    ci = stats.binomtest(correct, n).proportion_ci(confidence_level=confidence, method="wilson")
+    return float(ci.low), float(ci.high)

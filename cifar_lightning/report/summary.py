@@ -1,16 +1,21 @@
-"""The figures of the report: per-group statistics and pairwise comparisons, before formatting."""
+"""The figures of the report: per-group statistics, pairwise comparisons and each run's test
+interval, before formatting."""
 
 from __future__ import annotations
 
 import math
 import statistics
 from dataclasses import dataclass
+from itertools import combinations
+from pathlib import Path
 
+from cifar_lightning.errors import UserError
 from cifar_lightning.report.groups import Grouping
 from cifar_lightning.report.runs import METRICS, Run
-from cifar_lightning.report.stats import Comparison, Summary, describe, pairwise
+from cifar_lightning.report.stats import Difference, Summary, describe, holm, paired, welch, wilson
 
 COMPARED = ("val_acc", "test_acc", "gap")  # the metrics tested pairwise
+HOLM_OVER = ("metric", "all")  # --holm-over's words; a comma list of COMPARED names also works
 
 
 @dataclass
@@ -107,9 +112,118 @@ def per_class_means(grouping: Grouping) -> PerClass:
     return PerClass(names, {g: [mean(runs, c) for c in names] for g, runs in tested.items()})
 
 
-def compare(grouping: Grouping, metrics: tuple[str, ...] = COMPARED) -> list[Comparison]:
-    """Welch tests between every two groups, Holm-corrected within each metric."""
-    found = []
-    for metric in metrics:
-        found += pairwise({g: values(rs, metric) for g, rs in grouping.groups.items()}, metric)
+@dataclass(frozen=True)
+class Comparison:
+    a: str
+    b: str
+    metric: str
+    result: Difference  # mean(a) − mean(b), its interval and p (paired or Welch)
+    family: tuple[str, ...]  # the metrics whose pairs Holm corrects over together
+    p_holm: float | None  # Holm-adjusted over the family's tested pairs
+
+    @property
+    def p(self) -> float | None:
+        return self.result.p
+
+
+def seed_of(run: Run) -> int | None:
+    seed = run.results.get("seed") if run.results is not None else None
+    return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
+
+
+def by_seed(runs: list[Run], metric: str) -> dict[int, float] | None:
+    """The metric of each complete run that has it, by the seed the run used (results.json's
+    `seed`); None when a run records no seed or two runs share one (no unique twin)."""
+    found: dict[int, float] = {}
+    for r in runs:
+        value = r.metric(metric)
+        if value is None:  # also a run without results.json
+            continue
+        seed = seed_of(r)
+        if seed is None or seed in found:
+            return None
+        found[seed] = value
     return found
+
+
+def difference(a: list[Run], b: list[Run], metric: str) -> Difference:
+    """Paired over seeds when every seed of one group has its twin in the other (at least two
+    pairs; the other group's extra seeds are left out), else Welch's test over all runs."""
+    sa, sb = by_seed(a, metric), by_seed(b, metric)
+    if sa is not None and sb is not None and (sa.keys() <= sb.keys() or sb.keys() <= sa.keys()):
+        seeds = sorted(sa.keys() & sb.keys())
+        if len(seeds) >= 2:
+            return paired([sa[s] for s in seeds], [sb[s] for s in seeds])
+    return welch(values(a, metric), values(b, metric))
+
+
+def holm_families(holm_over: str, metrics: tuple[str, ...] = COMPARED) -> list[tuple[str, ...]]:
+    """The families Holm corrects over: `metric`, each metric's pairs apart; `all`, every
+    metric's pairs together; `test_acc,gap`, those metrics' pairs together, any other apart."""
+    if holm_over == "metric":
+        return [(m,) for m in metrics]
+    if holm_over == "all":
+        return [metrics]
+    chosen = tuple(dict.fromkeys(k.strip() for k in holm_over.split(",") if k.strip()))
+    unknown = [k for k in chosen if k not in metrics]
+    if unknown or not chosen:
+        raise UserError(f"--holm-over {holm_over}: give metric, all, or a comma list of "
+                        f"{', '.join(metrics)}.")  # fmt: skip
+    return [chosen, *((m,) for m in metrics if m not in chosen)]
+
+
+def compare(
+    grouping: Grouping, metrics: tuple[str, ...] = COMPARED, holm_over: str = "metric"
+) -> list[Comparison]:
+    """Every two groups with figures, per metric, Holm-corrected within each family."""
+    found: list[tuple[str, str, str, Difference]] = []
+    for metric in metrics:
+        labels = [g for g, rs in grouping.groups.items() if values(rs, metric)]
+        for a, b in combinations(labels, 2):
+            found.append((a, b, metric, difference(grouping.groups[a], grouping.groups[b], metric)))
+    out = []
+    for family in holm_families(holm_over, metrics):
+        members = [f for f in found if f[2] in family]
+        raw = {i: f[3].p for i, f in enumerate(members) if f[3].p is not None}
+        adjusted = dict(zip(raw, holm(list(raw.values())), strict=True))
+        out += [Comparison(a, b, m, d, family, adjusted.get(i))
+                for i, (a, b, m, d) in enumerate(members)]  # fmt: skip
+    order = {m: i for i, m in enumerate(metrics)}
+    return sorted(out, key=lambda c: order[c.metric])  # metric by metric, as found
+
+
+@dataclass(frozen=True)
+class RunInterval:
+    """One tested run's test accuracy with the Wilson interval of its k of n images."""
+
+    group: str
+    path: Path
+    seed: int | None
+    acc: float
+    n: int | None  # test images counted; None: unknown
+    ci_low: float | None
+    ci_high: float | None
+    note: str = ""  # why there is no interval
+
+
+def run_interval(group: str, run: Run) -> RunInterval | None:
+    """None for an untested run. The count k = round(acc · n) must be a whole number of the n
+    images (within float32 rounding): otherwise n is not what the accuracy counts."""
+    acc = run.metric("test_acc")
+    if acc is None:
+        return None
+    seed, n = seed_of(run), run.test_images
+    if n is None:
+        return RunInterval(group, run.path, seed, acc, None, None, None, "test images unknown")
+    k = round(acc * n)
+    if abs(acc * n - k) > max(0.01, 1e-6 * n) or not 0 <= k <= n:
+        return RunInterval(group, run.path, seed, acc, n, None, None,
+                            f"test acc is not a count of {n} images")  # fmt: skip
+    low, high = wilson(k, n)
+    return RunInterval(group, run.path, seed, acc, n, low, high)
+
+
+def run_intervals(grouping: Grouping) -> list[RunInterval]:
+    """The Wilson interval of every tested run, group by group."""
+    found = (run_interval(g, r) for g, rs in grouping.groups.items() for r in rs if r.ok)
+    return [t for t in found if t is not None]

@@ -1,15 +1,18 @@
-"""The report's tables: per-group markdown, pairwise markdown, summary.csv."""
+"""The report's tables: per-group markdown, pairwise markdown, each run's test interval,
+summary.csv."""
 
 from __future__ import annotations
 
 import csv
 import io
 import math
+import statistics
+from pathlib import Path
 from typing import Any
 
 from cifar_lightning.report.runs import METRICS
-from cifar_lightning.report.stats import CONFIDENCE, Comparison, Summary
-from cifar_lightning.report.summary import GroupSummary, PerClass
+from cifar_lightning.report.stats import CONFIDENCE, PAIRED, Difference, Summary
+from cifar_lightning.report.summary import Comparison, GroupSummary, PerClass, RunInterval
 
 NONE = "–"
 NAMES = {
@@ -45,9 +48,26 @@ def cell(s: Summary, runs: int) -> str:
 
 
 def p_value(p: float | None, note: str = "") -> str:
+    """Two significant figures at least: 0.187, 0.021, 0.0019, 8.4e-04."""
     if p is None:
         return note or NONE
-    return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
+    if p >= 0.01:
+        return f"{p:.3f}"
+    return f"{p:.4f}" if p >= 0.001 else f"{p:.1e}"
+
+
+def pp(x: float) -> str:
+    return f"{100 * x:+.2f}"
+
+
+def difference_cell(d: Difference) -> str:
+    """`+1.23 [+0.80, +1.66]`: the mean difference and its interval, in percentage points."""
+    interval = NONE if d.ci_low is None or d.ci_high is None else f"{pp(d.ci_low)}, {pp(d.ci_high)}"
+    return f"{pp(d.diff)} [{interval}]"
+
+
+def test_cell(d: Difference) -> str:
+    return f"paired ({d.pairs} seeds)" if d.test == PAIRED else d.test
 
 
 def markdown(head: list[str], rows: list[list[str]]) -> str:
@@ -74,22 +94,76 @@ def group_table(rows: list[GroupSummary], column: str, target: float) -> str:
     return markdown(head, body)
 
 
+def _listed(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def families(comparisons: list[Comparison]) -> str:
+    """The Holm families with their counts of tested pairs (`Holm over the 6 pairs of test
+    acc`): what the family-wise error rate of a Holm p covers."""
+    tested: dict[tuple[str, ...], list[str]] = {}  # family -> the metric of each tested pair
+    for c in comparisons:
+        tested.setdefault(c.family, []).extend([c.metric] if c.p is not None else [])
+    named = [f"Holm over the {len(ms)} pairs of {_listed([NAMES[m] for m in dict.fromkeys(ms)])}"
+             for ms in tested.values() if ms]  # fmt: skip
+    return "; ".join(named) + "." if named else "No pair has a test: no Holm correction."
+
+
 def pairwise_table(comparisons: list[Comparison]) -> str:
-    """The comparisons that could be tested; one with fewer than two figures on a side is only
-    counted, since a grid of single runs would otherwise fill the report with rows that say
-    nothing."""
-    shown = [c for c in comparisons if c.note != "n < 2"]
+    """The comparisons that could be tested, with the Holm families; one with fewer than two
+    figures on a side is only counted, since a grid of single runs would otherwise fill the
+    report with rows that say nothing."""
+    shown = [c for c in comparisons if c.result.note != "n < 2"]
     untestable = len(comparisons) - len(shown)
     if not shown:
         return (f"No comparison has two runs or more with the figure on both sides: no test "
                 f"({untestable} comparisons, pairs of groups x metrics).")  # fmt: skip
-    head = ["group A", "group B", "metric", "difference of means (A − B) pp", "Welch p", "Holm p"]
-    table = markdown(head, [[c.a, c.b, NAMES[c.metric], f"{100 * c.diff:+.2f}",
-                             p_value(c.p, c.note), p_value(c.p_holm)] for c in shown])  # fmt: skip
+    head = ["group A", "group B", "metric", "test",
+            f"A − B pp [{100 * CONFIDENCE:.0f} % CI]", "p", "Holm p"]  # fmt: skip
+    table = markdown(head, [[c.a, c.b, NAMES[c.metric], test_cell(c.result),
+                             difference_cell(c.result), p_value(c.p, c.result.note),
+                             p_value(c.p_holm)] for c in shown])  # fmt: skip
+    text = f"{table}\n\n{families(comparisons)}"
     if untestable:
         return (f"{untestable} comparisons with fewer than two runs on a side: no test, "
-                f"not listed.\n\n{table}")  # fmt: skip
-    return table
+                f"not listed.\n\n{text}")  # fmt: skip
+    return text
+
+
+def interval_table(intervals: list[RunInterval], column: str, base: Path) -> str:
+    """One row per tested run: its test accuracy and the Wilson interval of its k of n."""
+    rows = []
+    for t in intervals:
+        path = t.path.relative_to(base) if t.path.is_relative_to(base) else t.path
+        ci = t.note if t.ci_low is None else f"[{pct(t.ci_low)}, {pct(t.ci_high)}]"
+        rows.append([t.group, NONE if t.seed is None else str(t.seed), f"`{path}`", pct(t.acc),
+                     ci, "unknown" if t.n is None else str(t.n)])  # fmt: skip
+    head = [column, "seed", "run", "test acc %", f"Wilson {100 * CONFIDENCE:.0f} % %",
+            "test images"]  # fmt: skip
+    return markdown(head, rows)
+
+
+def sampling_notes(rows: list[GroupSummary], intervals: list[RunInterval]) -> list[str]:
+    """Per group: its seed interval of test accuracy beside the test set's own sampling error
+    (the mean Wilson half-width of its runs), which the seed interval does not include."""
+    lines = []
+    for r in rows:
+        s = r.metrics["test_acc"]
+        if s.n == 0:
+            continue
+        mine = [t for t in intervals if t.group == r.label]
+        halves = [(t.ci_high - t.ci_low) / 2 for t in mine
+                  if t.ci_low is not None and t.ci_high is not None]  # fmt: skip
+        seeds = f"{cell(s, s.n)} % over {s.n} seed" + ("s" if s.n != 1 else "")
+        if halves:
+            sizes = sorted({t.n for t in mine if t.ci_low is not None})
+            err = (f"± {100 * statistics.fmean(halves):.2f} pp per run (Wilson "
+                   f"{100 * CONFIDENCE:.0f} %, {'/'.join(map(str, sizes))} images)")  # fmt: skip
+        else:
+            err = "unknown (no run records how many test images it counted)"
+        lines.append(f"- {r.label}: test acc {seeds}; the test set's sampling error, which that "
+                     f"interval does not include, is {err}")  # fmt: skip
+    return lines
 
 
 def per_class_table(per_class: PerClass, column: str) -> str:

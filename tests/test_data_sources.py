@@ -1,0 +1,184 @@
+"""One data folder, one answer: with the cache present, a run accepts or refuses a changed data
+folder exactly as a read of it without the cache does, with the same data or the same error."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cifar_lightning.data import sources
+from cifar_lightning.errors import DataError
+from tests.synthetic import write_folder_layout, write_torchvision_layout
+
+
+def outcome(root: Path) -> tuple:
+    """("data", fingerprint, sizes) or ("error", its message with the root's path taken out)."""
+    try:
+        sources.prepare_cache(root, allow_download=False)
+    except DataError as err:
+        return "error", str(err).replace(str(root), "ROOT")
+    s = sources.load_splits(root)
+    return "data", s.fingerprint, len(s.train_y), len(s.test_y)
+
+
+def check(got: tuple, before: tuple, expected: str) -> None:
+    """`got` is what `expected` says: "same" data as `before`, "new" data, or an error whose
+    message matches the regular expression `expected`."""
+    if expected == "same":
+        assert got == before
+    elif expected == "new":
+        assert got[0] == "data" and got[1] != before[1]
+    else:
+        assert got[0] == "error" and re.search(expected, got[1]), got
+
+
+def same_size_png(path: Path, value: int) -> None:
+    """Overwrite an image with a flat one, keeping its file size and mtime: the `cached` root's
+    PNGs are uncompressed, so all have one size and only a read of the contents tells them
+    apart."""
+    st = path.stat()
+    Image.fromarray(np.full((32, 32, 3), value, np.uint8)).save(path, compress_level=0)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert path.stat().st_size == st.st_size and path.stat().st_mtime_ns == st.st_mtime_ns
+
+
+def first(folder: Path) -> Path:
+    return sorted(folder.iterdir())[0]
+
+
+# Each change, made in one split (train/ or test/), and what a read without the cache says:
+# a regular expression of its error, "same" (the data as before) or "new" (other data).
+Change = Callable[[Path], None]
+CHANGES: dict[str, tuple[Change, str]] = {
+    "unknown class folder added": (
+        lambda s: shutil.copytree(s / "cat", s / "kitten"), "unknown class folder.*kitten"),
+    "class folder removed": (lambda s: shutil.rmtree(s / "frog"), "missing class folder.*frog"),
+    "class folder renamed": (
+        lambda s: (s / "cat").rename(s / "kitten"), "unknown class folder.*kitten"),
+    "class folder emptied": (
+        lambda s: [p.unlink() for p in (s / "dog").iterdir()], "new"),
+    "split folder removed": (lambda s: shutil.rmtree(s), "missing split folder"),
+    "image added": (lambda s: shutil.copy(first(s / "cat"), s / "cat" / "zz.png"), "new"),
+    "image removed": (lambda s: first(s / "cat").unlink(), "new"),
+    "image renamed": (  # moves to the end of its class: the order changes
+        lambda s: first(s / "cat").rename(s / "cat" / "zz.png"), "new"),
+    "image moved to another class": (
+        lambda s: first(s / "cat").rename(s / "dog" / "from-cat.png"), "new"),
+    "image replaced, other size": (  # compressed: smaller than the uncompressed original
+        lambda s: Image.open(first(s / "ship")).save(first(s / "cat")), "new"),
+    "image replaced, same size and mtime": (lambda s: same_size_png(first(s / "cat"), 7), "new"),
+    "image touched": (lambda s: os.utime(first(s / "cat"), ns=(1, 1)), "same"),
+    "image replaced by an unreadable file": (
+        lambda s: first(s / "cat").write_bytes(b"not a png"), "cannot read image"),
+    "image replaced by a 40x40 one": (
+        lambda s: Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(first(s / "cat")),
+        "is 40x40.*32x32"),
+    "folder named like an image": (
+        lambda s: (s / "cat" / "odd.png").mkdir(), "cannot read image.*odd.png"),
+    "dangling link named like an image": (
+        lambda s: (s / "cat" / "gone.png").symlink_to(s / "nowhere.png"), "cannot read image"),
+    "non-image file in a class folder": (
+        lambda s: (s / "cat" / "notes.txt").write_text("x"), "same"),
+    "hidden image in a class folder": (
+        lambda s: shutil.copy(first(s / "cat"), s / "cat" / ".hidden.png"), "same"),
+    "stray text file at split level": (lambda s: (s / "README.txt").write_text("x"), "same"),
+    "stray image at split level": (
+        lambda s: shutil.copy(first(s / "cat"), s / "stray.png"), "same"),
+    "hidden folder at split level": (
+        lambda s: shutil.copytree(s / "cat", s / ".ipynb_checkpoints"), "same"),
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def cached(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, tuple]:
+    """A tiny folder-layout root of uncompressed PNGs with its cache built, and the outcome of
+    reading it."""
+    root = write_folder_layout(tmp_path_factory.mktemp("cached"), n_train=2, n_test=2)
+    for path in root.glob("*/*/*.png"):
+        Image.open(path).save(path, compress_level=0)
+    return root, outcome(root)
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+@pytest.mark.parametrize("name", list(CHANGES))
+def test_a_change_gets_the_answer_a_read_without_the_cache_gives(cached, tmp_path, name, split):
+    original, before = cached
+    change, expected = CHANGES[name]
+    with_cache, fresh = tmp_path / "with_cache", tmp_path / "fresh"
+    shutil.copytree(original, with_cache, symlinks=True)  # the cache travels with it
+    change(with_cache / split)
+    shutil.copytree(with_cache, fresh, symlinks=True, ignore=shutil.ignore_patterns("*.pt"))
+    assert not (fresh / sources.CACHE_NAME).exists()
+
+    got = outcome(with_cache)
+    assert got == outcome(fresh)
+    check(got, before, expected)
+
+
+def test_a_copied_or_touched_source_keeps_its_cache(cached, tmp_path, caplog):
+    # Staged elsewhere with its cache (new inodes, mtimes) and touched: the same bytes, the
+    # same data: no rebuild.
+    original, before = cached
+    root = tmp_path / "staged"
+    shutil.copytree(original, root, copy_function=shutil.copy)  # no mtimes kept
+    for p in (root / "test" / "dog").iterdir():
+        os.utime(p)
+    built = (root / sources.CACHE_NAME).stat().st_mtime_ns
+    assert outcome(root) == before
+    assert "rebuilding" not in caplog.text
+    assert (root / sources.CACHE_NAME).stat().st_mtime_ns == built
+
+
+def test_an_older_cache_is_rebuilt_and_says_why(cached, tmp_path, caplog):
+    root = tmp_path / "old"
+    shutil.copytree(cached[0], root)
+    cache = root / sources.CACHE_NAME
+    torch.save({**torch.load(cache, weights_only=True), "format": 2}, cache)
+    assert outcome(root) == cached[1]
+    assert "rebuilding the data cache" in caplog.text and "older version" in caplog.text
+
+
+@pytest.fixture(scope="module")
+def cached_torchvision(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, tuple]:
+    root = write_torchvision_layout(tmp_path_factory.mktemp("cached_tv"), n_train=2, n_test=1)
+    return root, outcome(root)
+
+
+def flip_a_byte(path: Path) -> None:
+    """Edit a batch file in place, keeping its size and mtime: one pixel byte of its pickle."""
+    st, data = path.stat(), bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+TORCHVISION_CHANGES: dict[str, tuple[Change, str]] = {
+    "batch file removed": (lambda b: (b / "data_batch_3").unlink(), "missing CIFAR-10 batch"),
+    "batch file damaged": (lambda b: (b / "test_batch").write_bytes(b"x"), "cannot read CIFAR"),
+    "batch file edited, same size and mtime": (lambda b: flip_a_byte(b / "data_batch_2"), "new"),
+    "batch file touched": (lambda b: os.utime(b / "data_batch_1", ns=(1, 1)), "same"),
+    "other file added": (lambda b: (b / "readme.html").write_text("x"), "same"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(TORCHVISION_CHANGES))
+def test_a_torchvision_change_gets_the_answer_a_fresh_read_gives(cached_torchvision, tmp_path,
+                                                                  name):  # fmt: skip
+    original, before = cached_torchvision
+    change, expected = TORCHVISION_CHANGES[name]
+    with_cache, fresh = tmp_path / "with_cache", tmp_path / "fresh"
+    shutil.copytree(original, with_cache)
+    change(with_cache / sources.BATCHES_DIR)
+    shutil.copytree(with_cache, fresh, ignore=shutil.ignore_patterns("*.pt"))
+
+    got = outcome(with_cache)
+    assert got == outcome(fresh)
+    check(got, before, expected)
