@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.conftest import FAST, run_cli
 
@@ -182,13 +183,21 @@ def test_ddp_on_two_cpu_processes_counts_every_test_image_once(tmp_path: Path):
     assert abs(ddp["test_acc"] * 109 - round(ddp["test_acc"] * 109)) < 1e-4
 
 
-def single_process_eval_matches(run: Path, single: Path) -> dict:
+def single_process_eval_matches(run: Path, single: Path, probes: tuple[str, ...] = ()) -> dict:
     """eval.py of a DDP run's checkpoint in one process gives the run's test accuracy, per-class
     accuracy and test loss (the loss to float rounding: the ranks' sums are added in another
-    order). Returns the run's results."""
+    order). Returns the run's results. probes: callbacks of tests/probes.py the run had, taken
+    out of a copy of the checkpoint's config first (eval.py rightly refuses foreign code)."""
     ddp = json.loads((run / "results.json").read_text())
+    ckpt = ddp["checkpoint"]
+    if probes:
+        saved = torch.load(ckpt, map_location="cpu", weights_only=True)
+        for name in probes:
+            del saved["run_config"]["callbacks"][name]
+        ckpt = str(single.parent / "without_probes.ckpt")
+        torch.save(saved, ckpt)
     # Quoted: a sweep job's folder name holds '=', ',' and brackets (Hydra's override grammar).
-    proc = run_cli("eval.py", f"ckpt_path='{ddp['checkpoint']}'", "trainer.accelerator=cpu",
+    proc = run_cli("eval.py", f"ckpt_path='{ckpt}'", "trainer.accelerator=cpu",
                    "trainer.devices=1", "trainer.strategy=auto", "trainer.num_nodes=1",
                    f"hydra.run.dir={single}")  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
