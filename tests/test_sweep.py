@@ -201,3 +201,27 @@ def test_an_explicit_ckpt_path_wins_over_the_folder(tmp_path: Path):
     write_results(tmp_path, [])
     cfg = OmegaConf.create({"ckpt_path": "/elsewhere/last.ckpt", "train": True})
     assert check_job(cfg, tmp_path).state == NEW
+
+
+def test_sacct_errors_become_one_line_that_says_what_they_mean(caplog: pytest.LogCaptureFixture):
+    import logging
+
+    from cifar_lightning.slurm import NO_ACCOUNTING, quiet_sacct
+
+    quiet_sacct()
+    quiet_sacct()  # once per process: a second call adds nothing
+    logger = logging.getLogger("submitit")
+    with caplog.at_level(logging.INFO, logger="submitit"):
+        for call in (1, 2, 3):
+            logger.warning(
+                f"Call #{call} - Bypassing sacct error Command '['sacct', '-j', '7']' "
+                "returned non-zero exit status 1., status may be inaccurate."
+            )
+        logger.warning("Bypassing signal SIGTERM")  # other warnings still show
+        logger.error("a real error")
+    assert [r.getMessage() for r in caplog.records] == [
+        NO_ACCOUNTING,
+        "Bypassing signal SIGTERM",
+        "a real error",
+    ]
+    assert "a cancelled job is not seen" in NO_ACCOUNTING
