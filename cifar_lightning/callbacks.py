@@ -1,4 +1,5 @@
-"""Callbacks: a one-line summary per epoch, and the `last.ckpt` a killed run resumes from."""
+"""Callbacks: a one-line summary per epoch, the progress bar, and the `last.ckpt` a killed run
+resumes from."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 
 import pytorch_lightning as L
 import torch
-from pytorch_lightning.callbacks import Checkpoint, ModelCheckpoint
+from pytorch_lightning.callbacks import Checkpoint, ModelCheckpoint, RichProgressBar
 
 from cifar_lightning.fileio import atomic_write
 
@@ -44,6 +45,19 @@ class EpochSummary(L.Callback):
             _fmt(m, "val/acc"),
             time.perf_counter() - self._start,
         )
+
+
+class ProgressBar(RichProgressBar):
+    """Lightning's Rich progress bar, counting epochs as the epoch lines do: "Epoch 9/9" in the
+    ninth of nine epochs (Lightning's own reads "Epoch 8/8" there: it counts from 0)."""
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        # Lightning's method, one-based (pytorch-lightning 2.6, which pyproject pins below 3).
+        description = f"Epoch {current_epoch + 1}"
+        if self.trainer.max_epochs is not None and self.trainer.max_epochs > 0:
+            description += f"/{self.trainer.max_epochs}"
+        width = len(self.validation_description)
+        return f"{description:{width}}" if width > len(description) else description
 
 
 class LastCheckpoint(Checkpoint):

@@ -72,6 +72,8 @@ def test_debug_limit_trains_a_few_batches_for_two_epochs(limit_run):
     run, console = limit_run
     assert step_of(run / "checkpoints" / "last.ckpt") == 2 * 10  # limit_train_batches: 10 of 11
     assert "epoch 2/2 |" in console and "epoch 3/" not in console
+    # The progress bar counts epochs as the epoch lines do (Lightning's own says "Epoch 1/1").
+    assert "Epoch 2/2" in console and "Epoch 0/" not in console and "Epoch 1/1" not in console
     assert json.loads((run / "results.json").read_text())["epochs"] == 2
 
 
