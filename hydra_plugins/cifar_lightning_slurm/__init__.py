@@ -57,4 +57,7 @@ if submitit_launcher is not None:
                 params.append((list(overrides), "hydra.sweep.dir", idx, f"job_id_for_{idx}",
                                Singleton.get_state()))  # fmt: skip
             jobs = executor.map_array(self, *zip(*params, strict=True))
-            return collect(jobs, job_overrides, initial_job_idx)
+            log.info(f"SLURM jobs {', '.join(j.job_id for j in jobs)} submitted; waiting for all")
+            results = collect(jobs, job_overrides, initial_job_idx)
+            log.info(f"all {len(jobs)} jobs ended with results")
+            return results
