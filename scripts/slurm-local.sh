@@ -26,8 +26,9 @@ DAEMONS="munged mysqld slurmdbd slurmctld slurmd"  # in start order; stopped in 
 die() { echo "error: $*" >&2; exit 1; }
 
 alive() {  # alive NAME: the daemon this script started from this folder is running
+  # (/proc, not kill -0: `status` works for users other than the daemons' root too)
   local pid
-  [[ -f $dir/$1.pid ]] && pid=$(<"$dir/$1.pid") && [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null
+  pid=$(cat "$dir/$1.pid" 2>/dev/null) && [[ -n $pid && -d /proc/$pid ]]
 }
 all_alive() { local n; for n in $DAEMONS; do alive "$n" || return 1; done; }
 any_alive() { local n; for n in $DAEMONS; do alive "$n" && return 0; done; return 1; }
@@ -146,6 +147,7 @@ start_database() {
     mariadb -S "$dir/mysqld.sock" -uroot -e "select 1" >/dev/null 2>&1 && break
     sleep 0.5
   done
+  chmod a+r "$dir/mysqld.pid" 2>/dev/null || true  # for `status` run by other users
   mariadb -S "$dir/mysqld.sock" -uroot -e "CREATE USER IF NOT EXISTS 'slurm'@'127.0.0.1'
     IDENTIFIED BY 'local'; GRANT ALL ON slurm_acct_db.* TO 'slurm'@'127.0.0.1';" \
     || die "MariaDB did not start; see $dir/mysqld.log"
@@ -219,7 +221,7 @@ stop() {
 status() {
   local name up=0
   for name in $DAEMONS; do
-    if alive "$name"; then echo "$name: running (pid $(<"$dir/$name.pid"))"
+    if alive "$name"; then echo "$name: running (pid $(cat "$dir/$name.pid"))"
     else echo "$name: not running"; up=1; fi
   done
   if [[ $up -eq 0 ]]; then
