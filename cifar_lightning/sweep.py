@@ -18,6 +18,8 @@ so a changed default in conf/ or a reused hydra.run.dir with other overrides nev
 into a different run. Only the basic sweeper's job list can be expanded ahead of the launch;
 Optuna (and other sweepers') trials are chosen as the study goes, so their sweeps are not
 summarised, though a trial whose folder holds its finished results is skipped all the same.
+The project's Optuna sweeper (cifar_lightning/study.py) resumes its study from its database and
+says itself what is done.
 """
 
 from __future__ import annotations
@@ -219,6 +221,8 @@ class SweepSummary(Callback):
         if config.hydra.job.config_name not in self.config_names:
             return
         sweeper = str(config.hydra.sweeper.get("_target_", ""))
+        if sweeper.startswith("hydra_plugins.cifar_lightning_optuna."):
+            return  # its study, in its storage, knows what is done: the sweeper says so
         if not sweeper.endswith(".BasicSweeper"):
             log.info("sweep: %s chooses its jobs as it goes; only basic sweeps are resumed as a "
                      "whole (a job whose folder holds its finished results is still skipped)",
