@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks import augment_throughput, loop_overhead, time_to_accuracy, wall_time
+from benchmarks import augment_throughput, cpu_limit, loop_overhead, time_to_accuracy, wall_time
 from tests.conftest import run_cli
 
 # fast_cpu, sized for 400 synthetic training images: 8 steps of 50 an epoch.
@@ -155,3 +155,24 @@ def test_wall_time_of_train_py(folder_root: Path, tmp_path: Path, capfd):
     with pytest.raises(SystemExit):
         wall_time.main(["experiment=fast_cpu"])  # train.py's arguments go after --
     assert "put train.py's arguments after --" in capfd.readouterr().err
+
+
+def test_cpu_limit_counts_the_step_and_its_ceiling(folder_root: Path, tmp_path: Path):
+    out = tmp_path / "limit.json"
+    r = cpu_limit.main([f"data.root={folder_root}", *TINY, "--steps=2", "--warmup=1",
+                        "--repeats=1", f"--out={out}"])  # fmt: skip
+    assert json.loads(out.read_text())["train_flops"] == pytest.approx(r["train_flops"])
+    assert sorted(r["per_size"]) == [24, 32]  # fast_cpu's train_resolution: 24, then 32
+    for size, row in r["per_size"].items():
+        assert row["real_step_s"]["median"] > 0 and row["ceiling_s"] > 0
+        pieces = {(p["layer"], p["piece"]) for p in row["pieces"]}
+        # The whitening conv: forward only (frozen weights, and the data needs no gradient).
+        first = [p for p in row["pieces"] if p["layer"].startswith("Conv2d(3,")]
+        assert [p["piece"] for p in first] == ["forward"]
+        assert ("Linear(8,)", "weight_grad") in pieces
+        # A 3x3 conv's forward FLOPs, by hand: 2 x batch x C_out x H x W x C_in x 9.
+        [conv] = [p for p in row["pieces"] if p["layer"] == f"Conv2d(24, {size - 1}, {size - 1})"
+                  and p["piece"] == "forward"]  # fmt: skip
+        assert conv["flops"] == 2 * 50 * 8 * (size - 1) ** 2 * 24 * 9
+    steps = r["steps_per_epoch"] * (r["sizes_by_epoch"].count(24) + r["sizes_by_epoch"].count(32))
+    assert steps == 8 * 9  # 400 images / batch 50, 9 epochs
