@@ -4,6 +4,7 @@ cifar_lightning.cli's)."""
 from __future__ import annotations
 
 EXIT_USAGE = 2  # the exit status of a UserError on the command line
+EXIT_BAD_IMAGES = 3  # predict.py: some input files could not be read (their rows say why)
 
 
 class UserError(Exception):
