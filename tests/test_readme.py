@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
 
 from cifar_lightning.cli import PLUGINS
 from tests.conftest import REPO
@@ -44,11 +45,11 @@ def _code_spans(text: str) -> list[str]:
 
 
 def commands() -> list[str]:
-    """`python train.py ...` and `python eval.py ...` of the fenced blocks and the prose."""
+    """`python train.py|eval.py|predict.py|export.py ...` of the fenced blocks and the prose."""
     blocks = re.findall(r"```[a-z]*\n(.*?)```", README, flags=re.S)
     blocks = [re.sub(r"\\\n\s*", "", block) for block in blocks]  # shell line continuations
     lines = [line for block in blocks for line in block.splitlines()] + _code_spans(README)
-    pattern = r"(\w+=\S+ )*python (train|eval)\.py\b"
+    pattern = r"(\w+=\S+ )*python (train|eval|predict|export)\.py\b"
     return [line.strip() for line in lines if re.match(pattern, line.strip())]
 
 
@@ -108,6 +109,16 @@ def inline_overrides() -> list[str]:
     return sorted(s for s in found if CONTEXT.get(s.split("=")[0], []) is not None)
 
 
+def script_of(key: str) -> str:
+    """The entry point a `key=value` mention is for: train.py, or predict.py / export.py when
+    the key is one of their own top-level options and not train.py's."""
+    train_keys = set(compose_cfg("train", []))
+    for script in ("predict", "export"):
+        if key not in train_keys and key in OmegaConf.load(CONF / f"{script}.yaml").keys():
+            return script
+    return "train"
+
+
 @pytest.mark.parametrize("mention", inline_overrides())
 def test_readme_inline_option_composes(mention: str):
     key = mention.split("=", 1)[0]
@@ -115,8 +126,13 @@ def test_readme_inline_option_composes(mention: str):
         with pytest.raises(Exception, match="Could not find"):
             compose_cfg("train", [mention])
         return
-    _, overrides = overrides_of(f"python train.py {mention}")
-    compose_cfg("train", [*CONTEXT.get(key, []), *overrides])
+    script = script_of(key)
+    # Their required options, unless the mention is one of them.
+    required = {"predict": ["input=x.png"], "export": ["ckpt_path=x.ckpt"]}.get(script, [])
+    required = [r for r in required if not r.startswith(f"{key}=")]
+    # In shell quotes, as a user types it: Hydra then sees its own quotes inside.
+    _, overrides = overrides_of(f"python {script}.py '{mention}'")
+    compose_cfg(script, [*CONTEXT.get(key, []), *required, *overrides])
 
 
 def module_options() -> set[str]:
