@@ -1,0 +1,198 @@
+"""The report's comparisons as a study needs them: paired t-tests where seeds pair, Welch's
+otherwise, each difference with its interval, the Holm family stated, and each run's Wilson
+interval for the test set's own sampling error; all against hand-worked figures."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+import pytest
+from scipy import stats as sps
+
+from cifar_lightning.report import stats, tables
+from cifar_lightning.report.cli import main as report_main
+from cifar_lightning.report.console import print_report
+from cifar_lightning.report.groups import group_runs
+from cifar_lightning.report.runs import find_runs
+from cifar_lightning.report.summary import compare, per_class_means, run_intervals
+from tests.conftest import REPO
+from tests.test_report_stats import PROV, make_run, results, write_study
+
+
+@pytest.fixture
+def study(tmp_path: Path) -> Path:
+    return write_study(tmp_path)
+
+
+def test_paired_difference_and_interval_by_hand():
+    a = [0.770, 0.772, 0.768, 0.775, 0.766]
+    b = [0.780, 0.785, 0.777, 0.784, 0.781]
+    # d = a - b = -0.010, -0.013, -0.009, -0.009, -0.015: mean -0.0112; squared deviations sum
+    # to 28.8e-6, so var(d) = 7.2e-6 and se = sqrt(7.2e-6 / 5) = 0.0012; t = -9.333 on 4 df.
+    d = stats.paired(a, b)
+    assert (d.test, d.pairs) == ("paired", 5)
+    assert d.diff == pytest.approx(-0.0112)
+    half = 2.776445 * 0.0012  # t_{0.975,4} from a table
+    assert (d.ci_low, d.ci_high) == (pytest.approx(-0.0112 - half, abs=1e-7),
+                                     pytest.approx(-0.0112 + half, abs=1e-7))  # fmt: skip
+    assert d.p == pytest.approx(2 * sps.t.sf(0.0112 / 0.0012, 4))
+    # The seeds' shared part cancels in d; Welch, blind to the pairing, sees more noise.
+    assert stats.welch(a, b).p > d.p
+    assert stats.paired([0.5], [0.4]).note == "n < 2"
+    flat = stats.paired([0.5, 0.6], [0.4, 0.5])  # every pair differs by 0.1: no spread
+    assert (flat.p, flat.note) == (None, "no variance") and flat.diff == pytest.approx(0.1)
+
+
+def test_welch_difference_and_satterthwaite_interval_by_hand():
+    a, b = [0.50, 0.52, 0.54], [0.40, 0.44, 0.48, 0.52]
+    # means 0.52, 0.46; variances 0.0004 and 0.008 / 3; se² = 0.0004/3 + 0.008/12 = 0.0008.
+    va, vb = 0.0004 / 3, 0.008 / 12
+    se = math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va**2 / 2 + vb**2 / 3)
+    assert (se, df) == (pytest.approx(math.sqrt(0.0008)), pytest.approx(4.0755, abs=1e-4))
+    d = stats.welch(a, b)
+    assert (d.test, d.pairs, d.diff) == ("Welch", 0, pytest.approx(0.06))
+    half = sps.t.ppf(0.975, df) * se
+    assert (d.ci_low, d.ci_high) == (pytest.approx(0.06 - half), pytest.approx(0.06 + half))
+    assert d.p == pytest.approx(2 * sps.t.sf(0.06 / se, df))
+    assert stats.welch(a, [0.4]).note == "n < 2"
+
+
+def test_wilson_interval_by_hand():
+    z = 1.959964  # the normal's 97.5 % point
+    for k, n in ((9000, 10000), (7693, 10000), (3, 20)):
+        p = k / n
+        centre = (p + z**2 / (2 * n)) / (1 + z**2 / n)
+        half = z * math.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / (1 + z**2 / n)
+        assert stats.wilson(k, n) == (pytest.approx(centre - half, abs=1e-6),
+                                      pytest.approx(centre + half, abs=1e-6))  # fmt: skip
+    low, high = stats.wilson(9000, 10000)
+    assert (high - low) / 2 == pytest.approx(0.0059, abs=1e-4)  # ~0.6 pp at 90 % of 10,000
+    assert stats.wilson(0, 10)[0] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_runs_are_paired_only_when_every_seed_of_one_group_has_its_twin(tmp_path: Path):
+    def run(opt: str, seed: int, test: float) -> None:
+        make_run(tmp_path, [f"optimizer={opt}", f"seed={seed}", f"x={test}"],
+                 results(test, seed=seed))  # fmt: skip
+
+    x = [0.50, 0.55, 0.53]
+    for seed, t in enumerate(x):
+        run("x", seed, t)
+    y = [0.45, 0.49, 0.50, 0.30]  # seeds 0-3: x's three have twins; seed 3 is left out
+    for seed, t in enumerate(y):
+        run("y", seed, t)
+    run("z", 5, 0.40)  # z: no twin anywhere
+    run("z", 6, 0.42)
+    found = {(c.a, c.b): c for c in compare(group_runs(find_runs([tmp_path]), ["optimizer"]))
+             if c.metric == "test_acc"}  # fmt: skip
+    xy = found[("x", "y")].result
+    d = [a - b for a, b in zip(x, y[:3], strict=True)]
+    t = statistics.fmean(d) / (statistics.stdev(d) / math.sqrt(3))
+    assert (xy.test, xy.pairs) == ("paired", 3) and xy.diff == pytest.approx(statistics.fmean(d))
+    assert xy.p == pytest.approx(2 * sps.t.sf(abs(t), 2))
+    xz = found[("x", "z")].result
+    assert xz.test == "Welch" and xz.diff == pytest.approx(statistics.fmean(x) - 0.41)
+    # Two runs of one seed in a group: no unique twin, Welch.
+    run("y", 0, 0.47)
+    again = [c for c in compare(group_runs(find_runs([tmp_path]), ["optimizer"]))
+             if c.metric == "test_acc" and (c.a, c.b) == ("x", "y")]  # fmt: skip
+    assert again[0].result.test == "Welch"
+
+
+def test_holm_family_is_stated_and_holm_over_all_joins_the_metrics(study: Path, capsys):
+    grouping = group_runs(find_runs([study]), ["optimizer"])
+    apart, joint = compare(grouping), compare(grouping, holm_over="all")
+    assert [c.family for c in apart] == [("test_acc",)] * 3 + [("gap",)] * 3  # no val_acc here
+    raw = [c.p for c in joint]
+    order = sorted(range(6), key=lambda i: raw[i])
+    by_hand, running = [0.0] * 6, 0.0
+    for rank, i in enumerate(order):  # Holm over 6: (6 - rank) x p, monotone, capped at 1
+        running = max(running, min(1.0, (6 - rank) * raw[i]))
+        by_hand[i] = running
+    assert [c.p_holm for c in joint] == pytest.approx(by_hand)
+    assert [c.p for c in apart] == pytest.approx(raw)  # the family changes Holm p only
+    assert tables.families(joint) == (
+        "Holm over the 6 pairs of test acc and gap (clean train − plain test).")  # fmt: skip
+    assert report_main([str(study), "--group-by", "optimizer", "--holm-over", "test_acc"]) == 0
+    assert ("Holm over the 3 pairs of test acc; Holm over the 3 pairs of gap (clean train − "
+            "plain test).") in (study / "report.md").read_text()  # fmt: skip
+    (study / "report.md").unlink()
+    assert report_main([str(study), "--holm-over", "test_ac"]) == 2
+    assert "--holm-over test_ac: give metric, all, or a comma list" in capsys.readouterr().err
+    assert not (study / "report.md").exists()  # refused before writing
+
+
+def test_each_run_gets_the_wilson_interval_of_its_test_images_or_says_they_are_unknown(
+    tmp_path: Path,
+):
+    whole = {"trainer": {"limit_test_batches": 1.0}}
+    recorded = make_run(tmp_path, ["seed=0"], results(0.5, seed=0, test_images=200))
+    split = make_run(tmp_path, ["seed=1"], results(0.55, seed=1, provenance=PROV), config=whole)
+    limited = make_run(tmp_path, ["seed=2"], results(0.6, seed=2, provenance=PROV),
+                       config={"trainer": {"limit_test_batches": 5}})  # fmt: skip
+    unsaved = make_run(tmp_path, ["seed=3"], results(0.6, seed=3, provenance=PROV))  # no config
+    odd = make_run(tmp_path, ["seed=4"], results(0.5033, seed=4, test_images=200))
+    grouping = group_runs(find_runs([tmp_path]))
+    found = {t.path: t for t in run_intervals(grouping)}
+    z = 1.959964
+    for path, k in ((recorded, 100), (split, 110)):  # PROV's test split: 200 images
+        p, n = k / 200, 200
+        centre = (p + z**2 / (2 * n)) / (1 + z**2 / n)
+        half = z * math.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / (1 + z**2 / n)
+        assert found[path].n == 200
+        assert found[path].ci_low == pytest.approx(centre - half, abs=1e-6)
+        assert found[path].ci_high == pytest.approx(centre + half, abs=1e-6)
+    assert (found[limited].n, found[limited].ci_low, found[limited].note) == (
+        None, None, "test images unknown")  # fmt: skip
+    assert found[unsaved].n is None
+    assert found[odd].note == "test acc is not a count of 200 images"
+    assert report_main([str(tmp_path)]) == 0
+    text = (tmp_path / "report.md").read_text()
+    assert "## Test-set sampling error" in text and "| all runs | 2 | `seed=2` | 60.00 |" in text
+    assert "which that interval does not include, is ± " in text
+
+
+def test_the_committed_study_gives_the_reviews_figures():
+    finals = REPO / "docs" / "optimizer_study" / "runs"
+    paths = [finals / d for d in ("finals", "finals_a2s", "finals_s45", "finals_a2s_s45")]
+    grouping = group_runs(find_runs(paths), ["optimizer"])
+
+    def test_acc(holm_over: str) -> dict[tuple[str, str], Any]:
+        return {(c.a, c.b): c for c in compare(grouping, holm_over=holm_over)
+                if c.metric == "test_acc"}  # fmt: skip
+
+    apart, with_gap = test_acc("metric"), test_acc("test_acc,gap")
+    adam, a2s = apart[("adam", "sgd_nesterov")], apart[("adam_to_sgd", "sgd_nesterov")]
+    assert adam.result.test == "paired" and adam.result.pairs == 5
+    assert (round(adam.p, 4), round(a2s.p, 3)) == (0.0019, 0.021)
+    assert round(a2s.p_holm, 3) == 0.062
+    assert round(with_gap[("adam_to_sgd", "sgd_nesterov")].p_holm, 3) == 0.187
+    gaps = [[r.metric("gap") for r in grouping.groups[g]] for g in ("adam", "sgd_nesterov")]
+    welch = stats.welch(*gaps)  # the review's gap interval is Welch's
+    assert [round(100 * x, 2) for x in (welch.diff, welch.ci_low)] == [-0.38, -1.05]
+    assert round(100 * welch.ci_high, 1) == 0.3  # +0.297: the review's +0.29 was rounded down
+
+
+def test_report_out_folder_and_the_no_folder_message(study: Path, tmp_path: Path, capsys):
+    out = tmp_path / "elsewhere"
+    assert report_main([str(study), "--out", str(out)]) == 0
+    assert (out / "report.md").is_file() and not (study / "report.md").exists()
+    with pytest.raises(SystemExit):
+        report_main([])
+    err = capsys.readouterr().err
+    assert "give the run folder(s) to report on" in err and "--group-by" not in err.split(":")[-1]
+
+
+def test_a_class_without_test_images_has_no_accuracy(tmp_path: Path, caplog):
+    make_run(tmp_path, ["seed=0"], results(per_class_acc={"plane": 0.5, "car": None}))
+    make_run(tmp_path, ["seed=1"], results(per_class_acc={"plane": 0.7, "car": 0.6}))
+    per_class = per_class_means(group_runs(find_runs([tmp_path])))
+    assert per_class.means["all runs"] == pytest.approx([0.6, 0.6])  # car: seed 1's alone
+    with caplog.at_level("INFO", logger="cifar_lightning"):
+        print_report(0.5, {"plane": 0.5, "car": None})
+    assert "Class car has no test images: no accuracy" in caplog.text
+    assert "Accuracy for class car" not in caplog.text
