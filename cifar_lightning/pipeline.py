@@ -13,7 +13,7 @@ import pytorch_lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar
 
 from cifar_lightning import (
     checkpoint,
@@ -62,6 +62,9 @@ def build_callbacks(
     returns the health check and the best-by-validation checkpoint callback (None without a
     validation split)."""
     callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c is not None]
+    if not cfg.trainer.get("enable_progress_bar", True):
+        # Lightning refuses a progress bar callback with the bar switched off: the switch wins.
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     callbacks += extra() if extra is not None else []
     health = instantiate(cfg.health)
     if health is not None:

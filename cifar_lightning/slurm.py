@@ -27,8 +27,9 @@ from hydra.core.utils import filter_overrides
 SACCT_ERROR = re.compile(r"Bypassing sacct error")
 NO_ACCOUNTING = (
     "SLURM job accounting is off on this cluster (sacct fails): job states cannot be read, so "
-    "a cancelled job is not seen and the sweep waits for it (stop it with Ctrl-C; a rerun of "
-    "the same command runs only what is missing). Further sacct errors are not shown."
+    "a cancelled job is not seen and the sweep waits for it (stop it with Ctrl-C, which cancels "
+    "its unfinished jobs; a rerun of the same command runs only what is missing). Further "
+    "sacct errors are not shown."
 )
 
 

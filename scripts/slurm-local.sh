@@ -26,14 +26,18 @@ DAEMONS="munged mysqld slurmdbd slurmctld slurmd"  # in start order; stopped in 
 die() { echo "error: $*" >&2; exit 1; }
 
 alive() {  # alive NAME: the daemon this script started from this folder is running
-  # (/proc, not kill -0: `status` works for users other than the daemons' root too)
-  local pid
-  pid=$(cat "$dir/$1.pid" 2>/dev/null) && [[ -n $pid && -d /proc/$pid ]]
+  # /proc, not kill -0, so that `status` works for other users too; the process's name must be
+  # the daemon's, so that a stale pid file whose number was reused names no other process.
+  local pid comm
+  pid=$(cat "$dir/$1.pid" 2>/dev/null) && [[ $pid =~ ^[0-9]+$ ]] || return 1
+  comm=$(cat "/proc/$pid/comm" 2>/dev/null) || return 1
+  [[ $comm == "$1" || ($1 == mysqld && $comm == mariadbd) ]]
 }
 all_alive() { local n; for n in $DAEMONS; do alive "$n" || return 1; done; }
 any_alive() { local n; for n in $DAEMONS; do alive "$n" && return 0; done; return 1; }
 
-node_state() { sinfo -h -n "$(hostname -s)" -o %T 2>/dev/null | head -n1; }
+# `|| true`: while slurmctld starts, sinfo fails, and under pipefail that would end the script.
+node_state() { sinfo -h -n "$(hostname -s)" -o %T 2>/dev/null | head -n1 || true; }
 
 install_packages() {
   local cmd missing=0
@@ -58,6 +62,7 @@ write_configs() {
   node=$(slurmd -C | head -n1)
   mem=$(sed -n 's/.*RealMemory=\([0-9]*\).*/\1/p' <<<"$node")
   node=$(sed "s/RealMemory=[0-9]*/RealMemory=$((mem * 9 / 10))/" <<<"$node")
+  rm -f "$dir/slurm.conf.tmp" "$dir/slurmdbd.conf.tmp"  # never write through a planted link
   cat >"$dir/slurm.conf.tmp" <<CONF
 # Written by scripts/slurm-local.sh: a one-node cluster on $host, every file under $dir.
 ClusterName=local
@@ -103,8 +108,8 @@ PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP OverSubscr
 CONF
   mv "$dir/slurm.conf.tmp" "$dir/slurm.conf"
   # slurmdbd refuses a config that others can read (it holds the database password).
-  install -m 0600 /dev/null "$dir/slurmdbd.conf"
-  cat >"$dir/slurmdbd.conf" <<CONF
+  install -m 0600 /dev/null "$dir/slurmdbd.conf.tmp"
+  cat >"$dir/slurmdbd.conf.tmp" <<CONF
 # Written by scripts/slurm-local.sh: job accounting of the one-node cluster, in MariaDB.
 AuthType=auth/munge
 AuthInfo=socket=$dir/munge.socket
@@ -121,12 +126,15 @@ StorageUser=slurm
 StoragePass=local
 StorageLoc=slurm_acct_db
 CONF
+  mv "$dir/slurmdbd.conf.tmp" "$dir/slurmdbd.conf"
 }
 
 start_munge() {
   # munge authenticates every SLURM message; a key of this cluster's own.
-  [[ -f $dir/munge.key ]] || { dd if=/dev/urandom of="$dir/munge.key" bs=1024 count=1 2>/dev/null
-    chmod 0400 "$dir/munge.key"; }
+  if [[ ! -f $dir/munge.key ]]; then  # written whole, then renamed: never half a key
+    dd if=/dev/urandom of="$dir/munge.key.tmp" bs=1024 count=1 2>/dev/null
+    chmod 0400 "$dir/munge.key.tmp" && mv "$dir/munge.key.tmp" "$dir/munge.key"
+  fi
   munged --force --socket="$dir/munge.socket" --key-file="$dir/munge.key" \
     --pid-file="$dir/munged.pid" --log-file="$dir/munged.log" --seed-file="$dir/munged.seed" \
     || die "munged did not start; see $dir/munged.log"
@@ -134,9 +142,11 @@ start_munge() {
 
 start_database() {
   # MariaDB for slurmdbd: its own data folder, socket and port, and a database user.
-  if [[ ! -d $dir/mysql ]]; then
-    mariadb-install-db --user=root --datadir="$dir/mysql" --auth-root-authentication-method=normal \
+  if [[ ! -d $dir/mysql ]]; then  # installed beside, then renamed: a failed install is redone
+    rm -rf "$dir/mysql.tmp"
+    mariadb-install-db --user=root --datadir="$dir/mysql.tmp" --auth-root-authentication-method=normal \
       --skip-test-db >"$dir/mysql-install.log" 2>&1 || die "mariadb-install-db failed; see $dir/mysql-install.log"
+    mv "$dir/mysql.tmp" "$dir/mysql"
   fi
   # mariadbd stays in the foreground: setsid detaches it from this shell and its terminal.
   setsid mariadbd --user=root --datadir="$dir/mysql" --socket="$dir/mysqld.sock" \
@@ -181,6 +191,12 @@ wait_for_node() {
 
 start() {
   [[ $(id -u) -eq 0 ]] || die "start needs root (it installs packages and starts the daemons as root): sudo bash $0 start"
+  # Root works in this folder: it must be root's own, not a link or a folder another user
+  # made first in a shared /tmp (they could plant the munge key, configs or pid files).
+  [[ -e $dir ]] || mkdir -p -m 0755 "$dir"
+  [[ ! -L $dir && -O $dir ]] \
+    || die "$dir is not a folder of root's own (a link, or made by another user): remove it or set SLURM_LOCAL_DIR"
+  chmod go-w "$dir"
   mkdir -p "$dir/state" "$dir/spool"
   install_packages
   if all_alive; then
@@ -204,9 +220,9 @@ stop_daemons() {
   for name in $(tr ' ' '\n' <<<"$DAEMONS" | tac); do
     if alive "$name"; then
       pid=$(<"$dir/$name.pid")
-      kill "$pid"
+      kill "$pid" 2>/dev/null || true  # it may have ended by itself meanwhile
       for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-      if kill -0 "$pid" 2>/dev/null; then kill -9 "$pid"; fi
+      if kill -0 "$pid" 2>/dev/null; then kill -9 "$pid" 2>/dev/null || true; fi
       echo "stopped $name ($pid)"
     fi
     rm -f "$dir/$name.pid"

@@ -227,3 +227,17 @@ def test_quiet_drops_only_the_listed_messages():
             logger = logging.getLogger(name)
             for f in [f for f in logger.filters if isinstance(f, quiet.DropMessages)]:
                 logger.removeFilter(f)
+
+
+def test_switching_the_progress_bar_off_drops_the_configs_bar(folder_root: Path, tmp_path: Path):
+    from cifar_lightning.callbacks import ProgressBar
+    from cifar_lightning.pipeline import build, build_callbacks, make_trainer
+    from tests.conftest import task_config
+
+    for shown in (True, False):
+        overrides = [f"data.root={folder_root}", f"+trainer.enable_progress_bar={shown}"]
+        with task_config("train", overrides, tmp_path / str(shown)) as cfg:
+            datamodule, _ = build(cfg, 0)
+            callbacks, _, _ = build_callbacks(cfg, datamodule)
+            assert any(isinstance(c, ProgressBar) for c in callbacks) == shown
+            make_trainer(cfg.trainer, None, callbacks, tmp_path)  # Lightning accepts it

@@ -9,6 +9,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from scipy import stats as sps
 
@@ -196,3 +197,15 @@ def test_a_class_without_test_images_has_no_accuracy(tmp_path: Path, caplog):
         print_report(0.5, {"plane": 0.5, "car": None})
     assert "Class car has no test images: no accuracy" in caplog.text
     assert "Accuracy for class car" not in caplog.text
+
+
+def test_a_constant_difference_in_float32_is_no_test_not_a_tiny_p():
+    # Accuracies arrive as float32: a 12-image gap on every seed differs by ~1e-8 from seed to
+    # seed, which an exact zero-variance check misses (t ~ 1e8, p ~ 1e-10).
+    f32 = [0.7693, 0.7701, 0.7650]
+    a = [float(np.float32(x)) for x in f32]
+    b = [float(np.float32(x - 0.0012)) for x in f32]
+    d = stats.paired(a, b)
+    assert d.p is None and d.note == "no variance" and d.diff == pytest.approx(0.0012, abs=1e-6)
+    assert stats.welch([0.5, 0.5], [float(np.float32(0.5)), 0.5]).note == "no variance"
+    assert stats.paired([0.9, 0.91, 0.95], [0.8, 0.81, 0.82]).p is not None  # real spread

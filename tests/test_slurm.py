@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -82,7 +83,8 @@ def finish(proc: subprocess.Popen, log: Path, env: dict[str, str], timeout: floa
         release_requeued(env)
         time.sleep(1)
     if proc.poll() is None:
-        proc.kill()
+        os.killpg(proc.pid, 9)
+        cancel_jobs(log.parent, env)  # the console log lies in the sweep folder
         pytest.fail(f"the sweep did not end in {timeout:.0f} s:\n{log.read_text()[-3000:]}")
     return log.read_text()
 
@@ -138,18 +140,25 @@ def same_results(folder: Path, basic_sweep: Path, job: str, resumed: bool = Fals
 # within signal_delay_s + 30 s of the limit: with a 1-minute limit a delay of 30 s signals at
 # once, before Python has installed submitit's handler (the job dies); 10 s signals 20-50 s in.
 @pytest.fixture(scope="module")
-def timeout_sweep(env, folder_root: Path, tmp_path_factory) -> dict:
+def timeout_sweep(env, folder_root: Path, tmp_path_factory) -> Iterator[dict]:
     folder = tmp_path_factory.mktemp("slurm_timeout") / "sweep"
     folder.mkdir()
     limit = ["hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=10",
              "hydra.launcher.max_num_timeout=1"]  # fmt: skip
     cmd = command(folder_root, folder, *LAUNCHER, *limit, *paced(10.0, until_restart=True),
                   seeds="1", optimizers="sgd")  # fmt: skip
-    return {
-        "folder": folder,
-        "log": folder / "console.log",
-        "proc": start(cmd, env, folder / "console.log"),
-    }
+    proc = start(cmd, env, folder / "console.log")
+    yield {"folder": folder, "log": folder / "console.log", "proc": proc}
+    if proc.poll() is None:  # deselected or failed: leave no process or job behind
+        os.killpg(proc.pid, 9)
+    cancel_jobs(folder, env)
+
+
+def cancel_jobs(sweep_dir: Path, env: dict[str, str]) -> None:
+    """scancel every job the sweep in sweep_dir submitted (the ids of submitit's folders)."""
+    ids = {d.name.split("_")[0] for d in (sweep_dir / ".submitit").glob("*") if d.is_dir()}
+    if ids:
+        subprocess.run(["scancel", *sorted(ids)], env=env, capture_output=True, timeout=30)
 
 
 def test_a_sweep_through_slurm_ends_as_with_the_basic_launcher(

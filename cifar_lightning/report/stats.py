@@ -81,6 +81,16 @@ def _result(test: str, pairs: int, diff: float, result: Any, confidence: float) 
     return Difference(test, pairs, diff, float(ci.low), float(ci.high), p)
 
 
+# Spread below this, relative to the figures' size, is rounding, not variation: accuracies come
+# as float32 (a 12-image gap on every seed differs by ~1e-8 from seed to seed, and t would be
+# 1e8). Far below any real difference: one test image of 10,000 is 1e-4.
+FLAT = 1e-6
+
+
+def _flat(values: Sequence[float], scale: Sequence[float]) -> bool:
+    return max(values) - min(values) <= FLAT * max(1.0, *(abs(v) for v in scale))
+
+
 def paired(a: Sequence[float], b: Sequence[float], confidence: float = CONFIDENCE) -> Difference:
     """Paired t-test of a[i] − b[i] (a[i] and b[i]: one seed's runs), scipy's ttest_rel; the
     interval is mean(d) ± t_{(1+confidence)/2, n-1} · std(d) / sqrt(n).
@@ -97,7 +107,7 @@ def paired(a: Sequence[float], b: Sequence[float], confidence: float = CONFIDENC
     diff = statistics.fmean(d)
     if n < 2:
         return _untestable(PAIRED, n, diff, "n < 2")
-    if statistics.pvariance(d) == 0:
+    if _flat(d, [*a, *b]):
         return _untestable(PAIRED, n, diff, "no variance")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # near-identical values: precision notes
@@ -118,7 +128,7 @@ def welch(a: Sequence[float], b: Sequence[float], confidence: float = CONFIDENCE
     diff = statistics.fmean(a) - statistics.fmean(b)
     if len(a) < 2 or len(b) < 2:
         return _untestable(WELCH, 0, diff, "n < 2")
-    if statistics.pvariance(a) == 0 and statistics.pvariance(b) == 0:
+    if _flat(a, [*a, *b]) and _flat(b, [*a, *b]):
         return _untestable(WELCH, 0, diff, "no variance")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)

@@ -58,6 +58,15 @@ if submitit_launcher is not None:
                                Singleton.get_state()))  # fmt: skip
             jobs = executor.map_array(self, *zip(*params, strict=True))
             log.info(f"SLURM jobs {', '.join(j.job_id for j in jobs)} submitted; waiting for all")
-            results = collect(jobs, job_overrides, initial_job_idx)
+            try:
+                results = collect(jobs, job_overrides, initial_job_idx)
+            except KeyboardInterrupt:
+                # Ctrl-C: the jobs still queued or running are cancelled too, or a rerun would
+                # start them a second time in the same folders while they still run.
+                left = [j for j in jobs if not j.done()]
+                for job in left:
+                    job.cancel(check=False)
+                log.info(f"interrupted: cancelled SLURM jobs {', '.join(j.job_id for j in left)}")
+                raise
             log.info(f"all {len(jobs)} jobs ended with results")
             return results
