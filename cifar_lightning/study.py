@@ -8,7 +8,8 @@ the trial's own). What follows from keeping the study in the storage:
 
 - One study per search: its name is derived from the direction, the search space and the task's
   overrides (not n_trials, the sampler or where the data lies), so the same command finds the
-  same study, and another search in the same folder gets a study of its own.
+  same study. One study per sweep folder: its trials' folders are numbered by the trial, so
+  another search in a folder that holds a study's trials is refused (check_folder).
 - n_trials is the study's size, not a number to run: a worker runs trials while fewer than
   n_trials are finished (COMPLETE or PRUNED) or running, so a rerun runs only what is owed and
   two workers on one study share it.
@@ -50,8 +51,10 @@ from cifar_lightning.errors import UserError
 from cifar_lightning.fileio import atomic_write
 from cifar_lightning.study_storage import (
     BUSY,
+    FOLDER_ATTR,
     counts,
     fail_stale,
+    folder_owner,
     heartbeat_ages,
     open_storage,
     shown,
@@ -199,8 +202,12 @@ class StudySweep:
             hydra.job.config_name, self.direction, space, fixed, exclude
         )
         self.rdb = storage = open_storage(self.storage, *self.heartbeat)
+        self.folder = str(Path(hydra.sweep.dir).resolve())
+        self.check_folder(name)  # before the study is created: a refused search leaves none
         study = optuna.create_study(storage=storage, study_name=name, direction=self.direction,
                                     sampler=self.sampler(0), load_if_exists=True)  # fmt: skip
+        if FOLDER_ATTR not in study.user_attrs:  # recorded before any trial is asked
+            study.set_user_attr(FOLDER_ATTR, self.folder)
         # Seeded for the next trial's number, as run_trial seeds each trial's sampler: what is
         # drawn as a trial is asked, before run_trial (relative samplers: multivariate TPE,
         # CMA-ES), then repeats too for one worker.
@@ -230,6 +237,19 @@ class StudySweep:
                 watching_since = watching_since or time.monotonic()
                 time.sleep(min(2, self.heartbeat[0]))
         self.report(study)
+
+    def check_folder(self, name: str) -> None:
+        """Refuse to run trials in a sweep folder that holds another study's: the trial_<number>
+        folders and optimization_results.yaml would be overwritten, the other study's records
+        left pointing at this one's. Checked again as each trial is asked (folder_owner): of two
+        searches started at once in one folder, the one that asked later stops."""
+        owner = folder_owner(self.rdb, name, self.folder)
+        if owner is not None:
+            raise UserError(f"hydra.sweep.dir={self.folder} already holds the trials of study "
+                            f"{owner} ({shown(self.storage)}); this search's study {name} would "
+                            f"overwrite its trial folders and {RESULTS_NAME}. Use another "
+                            f"hydra.sweep.dir for this search, or the same search as {owner} "
+                            f"(its params, direction and overrides) to continue it")  # fmt: skip
 
     def alive(self, study: optuna.Study, watching_since: float | None) -> bool:
         """Whether the trials that other workers run, with none owed here, are alive: each has
@@ -262,6 +282,7 @@ class StudySweep:
         if len(before) >= self.n_trials:
             trial.study.stop()
             raise SurplusTrial(f"the study's {self.n_trials} trials are finished or running")
+        self.check_folder(trial.study.study_name)  # raises: this trial fails, the search stops
         trial.study.sampler = self.sampler(trial.number)
         values = {name: suggest(trial, name, dist) for name, dist in space.items()}
         overrides = [f"{name}={value}" for name, value in values.items()] + fixed
@@ -277,7 +298,7 @@ class StudySweep:
 
     def report(self, study: optuna.Study) -> None:
         """The study's state, and its best trial in the sweep folder's optimization_results.yaml
-        (over all workers' trials; each worker rewrites it as it ends)."""
+        (over all workers' trials; each worker rewrites it as it ends; the folder's one study)."""
         fail_stale(study, self.rdb, self.heartbeat[1])
         found = counts(study)
         finished = found["COMPLETE"] + found["PRUNED"]

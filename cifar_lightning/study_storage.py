@@ -9,6 +9,12 @@ timestamp at all, which is what a worker killed between the ask and its first he
 (milliseconds, but a kill can land there): such a trial would count as running for ever.
 Every worker of these studies writes heartbeats, so fail_stale also fails a trial with none
 that was asked more than grace_period ago.
+
+A sweep folder holds one study's trials (trial_<number>/, optimization_results.yaml): each study
+records its folder (FOLDER_ATTR) before it asks a trial, and folder_owner names another study
+whose trials are in the folder first, by the storage's trial ids (given in the order asked, across
+studies, by the database itself), so of two searches started at once in one folder exactly one
+goes on.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import optuna
 import sqlalchemy
 from optuna.exceptions import ExperimentalWarning
 from optuna.trial import TrialState
-from sqlalchemy import Column, DateTime, Integer
+from sqlalchemy import Column, DateTime, Integer, String
 
 from cifar_lightning.errors import UserError
 
@@ -32,6 +38,7 @@ log = logging.getLogger("cifar_lightning")
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 BUSY = (*FINISHED, TrialState.RUNNING)  # what takes one of the study's n_trials slots
+FOLDER_ATTR = "sweep_dir"  # the study's user attribute: the sweep folder its trials run in
 # Optuna's schema, as far as it is read here (tables trials and trial_heartbeats, unchanged since
 # optuna 2.x): nothing in Optuna's API reads heartbeats.
 _SCHEMA = sqlalchemy.MetaData()
@@ -39,6 +46,9 @@ _TRIALS = sqlalchemy.Table(
     "trials", _SCHEMA, Column("trial_id", Integer), Column("number", Integer),
     Column("study_id", Integer),
 )  # fmt: skip
+_STUDIES = sqlalchemy.Table(
+    "studies", _SCHEMA, Column("study_id", Integer), Column("study_name", String)
+)
 _BEATS = sqlalchemy.Table(
     "trial_heartbeats", _SCHEMA, Column("trial_id", Integer), Column("heartbeat", DateTime)
 )
@@ -147,3 +157,28 @@ def counts(study: optuna.Study) -> dict[str, int]:
     """The number of the study's trials in each state, by the state's name."""
     trials = study.get_trials(deepcopy=False)
     return {state.name: sum(t.state == state for t in trials) for state in TrialState}
+
+
+def folder_owner(storage: optuna.storages.RDBStorage, study_name: str, folder: str) -> str | None:
+    """The name of another study with trials in `folder` (FOLDER_ATTR) whose first trial was
+    asked before study_name's first (all of them, if it has none), or None: the folder is
+    study_name's to use. A study that records its folder before it asks has no trial older than
+    the check of any trial asked since, so two studies never both go on."""
+    others = [
+        other.study_name
+        for other in storage.get_all_studies()
+        if other.study_name != study_name and other.user_attrs.get(FOLDER_ATTR) == folder
+    ]
+    if not others:
+        return None
+    query = (
+        sqlalchemy.select(_STUDIES.c.study_name, sqlalchemy.func.min(_TRIALS.c.trial_id))
+        .select_from(_STUDIES.join(_TRIALS, _TRIALS.c.study_id == _STUDIES.c.study_id))
+        .where(_STUDIES.c.study_name.in_([*others, study_name]))
+        .group_by(_STUDIES.c.study_name)
+    )
+    with storage.engine.connect() as connection:
+        first = dict(connection.execute(query).all())
+    mine = first.get(study_name, float("inf"))
+    earlier = sorted((first[name], name) for name in others if first.get(name, mine) < mine)
+    return earlier[0][1] if earlier else None

@@ -1,7 +1,7 @@
 """Optuna searches keep their study in a database (cifar_lightning/study.py): a search killed with
 SIGKILL and rerun runs only the trials it still owes, its killed trial marked FAIL; two workers
 started at once on one study share its trials, each with its own values and folder. Then the
-pieces in-process: the search space, the study's name, the heartbeat rule."""
+pieces in-process: the search space, the study's name, the heartbeat rule, one study a folder."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -193,6 +194,80 @@ def test_only_the_trials_of_dead_workers_are_failed(tmp_path: Path):
     assert study_storage.fail_stale(study, storage, 2) == [dead.number, unborn.number]
     running = by_state(study, TrialState.RUNNING)
     assert [t.number for t in running] == [live.number, young.number]
+
+
+class Launcher:
+    """Hydra's launcher for the in-process sweeps: each job returns 0.5 at once."""
+
+    def __init__(self) -> None:
+        self.launched: list[int] = []
+
+    def launch(self, job_overrides: list[list[str]], initial_job_idx: int) -> list:
+        self.launched.append(initial_job_idx)
+        return [SimpleNamespace(hydra_cfg=None, return_value=0.5)]
+
+
+def in_process(sweep_dir: Path, n_trials: int = 2, db: Path | None = None) -> studies.StudySweep:
+    """The sweeper as its plugin sets it up, its trials launched by Launcher."""
+    sweep = studies.StudySweep(
+        direction="maximize", n_trials=n_trials,
+        storage=f"sqlite:///{db or sweep_dir / 'optuna.db'}", study_name=None,
+        heartbeat_interval=30, grace_period=120,
+        sampler=OmegaConf.create({"_target_": "optuna.samplers.RandomSampler", "seed": 0}),
+        params=None,
+    )  # fmt: skip
+    job = {"config_name": "train", "config": {"override_dirname": {"exclude_keys": []}}}
+    sweep.config = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep_dir)}, "job": job}})
+    sweep.launcher = Launcher()
+    return sweep
+
+
+LR_A, LR_B = ["optimizer.lr=interval(0.1,0.2)"], ["optimizer.lr=interval(0.3,0.4)"]
+
+
+def test_another_search_in_a_folder_with_a_studys_trials_is_refused(tmp_path: Path):
+    first = in_process(tmp_path)
+    first.sweep(LR_A)
+    assert first.launcher.launched == [0, 1]
+    other = in_process(tmp_path)
+    with pytest.raises(UserError, match="another hydra.sweep.dir") as refused:
+        other.sweep(LR_B)  # its trial_0, trial_1 would be the first search's
+    assert other.launcher.launched == []
+    study = load(tmp_path)  # the refused search created no study
+    assert study.study_name in str(refused.value) and "the same search" in str(refused.value)
+    more = in_process(tmp_path, n_trials=3)  # the same search continues in its folder
+    more.sweep(LR_A)
+    assert more.launcher.launched == [2]
+    # The other search in a folder of its own, its study in the same storage (a shared server).
+    elsewhere = in_process(tmp_path / "b", db=tmp_path / "optuna.db")
+    elsewhere.sweep(LR_B)
+    assert elsewhere.launcher.launched == [0, 1]
+
+
+def test_of_two_searches_started_at_once_in_one_folder_the_later_one_stops(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    sweep, real = in_process(tmp_path), study_storage.folder_owner
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+
+    def racing(storage: optuna.storages.RDBStorage, name: str, folder: str) -> str | None:
+        owner = real(storage, name, folder)
+        if not storage.get_all_studies():  # the first check: a rival asks its trial just after
+            rival = optuna.create_study(storage=optuna.storages.RDBStorage(url), study_name="rival")
+            rival.set_user_attr(study_storage.FOLDER_ATTR, folder)
+            rival.ask()
+        return owner
+
+    monkeypatch.setattr(studies, "folder_owner", racing)
+    with pytest.raises(UserError, match="trials of study rival"):
+        sweep.sweep(LR_A)  # its first trial was asked after the rival's: it gives way
+    assert sweep.launcher.launched == []
+    storage = optuna.storages.RDBStorage(url)
+    mine = [s.study_name for s in storage.get_all_studies() if s.study_name != "rival"]
+    assert [t.state for t in optuna.load_study(study_name=mine[0], storage=storage).trials] == [
+        TrialState.FAIL
+    ]
+    assert study_storage.folder_owner(storage, "rival", str(tmp_path.resolve())) is None
 
 
 def test_the_search_config_keeps_its_study_in_the_sweep_folder():
