@@ -10,13 +10,22 @@ probabilities (N, classes). It always computes in fp32, whatever precision the r
                        needs onnxscript), checked with onnx.checker; runs in ONNX Runtime.
   format=torch_export  model.pt2, by torch.export (torch.export.save; load with
                        torch.export.load(path).module()). torch.export.load unpickles parts of
-                       the file: load only .pt2 files you made or trust (ONNX holds no code).
+                       the file, which can run any code: load only .pt2 files you made or trust
+                       (ONNX holds no code).
 
-Beside it, `<model file>.json`: class names, input and output spec, normalisation, TTA level,
-the checkpoint's provenance (its SHA-256, epoch, and the run's results.json provenance when it
-is beside the checkpoint's folder), the model file's SHA-256 and the export's own check (the
-file's probabilities against the eager model's on random images). predict.py model_path=FILE
-refuses a model file whose hash differs from its sidecar's.
+The file is written under a temporary name in the run folder, checked (the file's probabilities
+against the eager model's on random images), and only then renamed to model.onnx / model.pt2:
+a failed check or exporter leaves no model file behind. Then, written atomically beside it,
+`<model file>.json`: class names, input and output spec, normalisation, TTA level, the
+checkpoint's provenance (its SHA-256, epoch, and the run's results.json provenance when it is
+beside the checkpoint's folder), the model file's SHA-256 and the check's result.
+
+load_exported (predict.py model_path=FILE) takes the format from the file's suffix, never from
+the sidecar (which is refused when it disagrees), loads a .pt2 only when trusted
+(trust_model=true), refuses a sidecar with a missing or malformed field and a file whose
+SHA-256 differs from the sidecar's (changed since export: a check against accidents, not
+against whoever wrote both), and runs the model once to check it gives one probability per
+class name.
 """
 
 from __future__ import annotations
@@ -27,6 +36,9 @@ import importlib.metadata
 import importlib.util
 import json
 import logging
+import os
+import re
+import secrets
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -46,6 +58,7 @@ from cifar_lightning.tta import tta_logits
 log = logging.getLogger("cifar_lightning")
 
 FORMATS = {"onnx": ".onnx", "torch_export": ".pt2"}
+FORMAT_OF = {suffix: fmt for fmt, suffix in FORMATS.items()}  # how a model file is loaded
 INPUT_NAME, OUTPUT_NAME = "images", "probabilities"
 # What each format needs beyond torch: ONNX Runtime for the export's own check and for predict.
 NEEDS = {"onnx": ("onnx", "onnxscript", "onnxruntime"), "torch_export": ()}
@@ -150,8 +163,10 @@ def _check(model: ImageClassifier, run: Runner, classes: int) -> dict[str, Any]:
     got = run(x.numpy())
     diff = float(np.abs(got - expected).max())
     if got.shape != (CHECK_IMAGES, classes) or not diff <= CHECK_TOLERANCE:
-        raise RuntimeError(f"the exported model's probabilities differ from the checkpoint's "
-                           f"by {diff:.3g} (shape {got.shape}) on random images")  # fmt: skip
+        raise UserError(f"the exported model's probabilities differ from the checkpoint's by "
+                        f"{diff:.3g} (shape {got.shape}, tolerance {CHECK_TOLERANCE:g}) on random "
+                        f"images: no model file is kept. Try tta=false or the other "
+                        f"format.")  # fmt: skip
     agree = int((got.argmax(1) == expected.argmax(1)).sum())
     return {"random_images": CHECK_IMAGES, "max_prob_diff": diff, "argmax_equal": agree}
 
@@ -186,12 +201,22 @@ def export(cfg: DictConfig) -> Path:
     model = ImageClassifier(module.net, preset.mean, preset.std, tta_level).eval()
     path = output_dir() / f"model{FORMATS[cfg.format]}"
     path.parent.mkdir(parents=True, exist_ok=True)  # Hydra makes it, a task run in-process not
-    _write_model(model, cfg.format, path)
-    check = _check(model, _runner(cfg.format, path), len(module.class_names))
+    # Written and checked under a hidden name with the same suffix (torch.export.save needs .pt2)
+    tmp = path.with_name(f".{path.stem}.{secrets.token_hex(6)}.tmp{path.suffix}")
+    try:
+        _write_model(model, cfg.format, tmp)
+        check = _check(model, _runner(cfg.format, tmp), len(module.class_names))
+        with tmp.open("rb") as f:
+            os.fsync(f.fileno())  # on disk before its name says it is complete
+        digest = sha256(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     sidecar = {
         "format": cfg.format,
         "model_file": path.name,
-        "sha256": sha256(path),
+        "sha256": digest,
         "class_names": list(module.class_names),
         "input": INPUT_SPEC,
         "output": {**OUTPUT_SPEC, "shape": ["N", len(module.class_names)]},
@@ -214,7 +239,11 @@ def export(cfg: DictConfig) -> Path:
             "check": check,
         },
     }
-    write_json(sidecar_path(path), sidecar)
+    try:
+        write_json(sidecar_path(path), sidecar)
+    except BaseException:
+        path.unlink(missing_ok=True)  # a model file without its sidecar is no export
+        raise
     log.info("exported %s (TTA level %d, fp32; the run tested in %s): %s", cfg.format,
              tta_level, sidecar["run_precision"], path)  # fmt: skip
     log.info("checked on %d random images: largest probability difference %.2g from the "
@@ -223,24 +252,91 @@ def export(cfg: DictConfig) -> Path:
     return path
 
 
-def load_exported(path: str | Path) -> tuple[Runner, dict[str, Any]]:
-    """A model export.py wrote, after checking it against its sidecar: (its runner, the
-    sidecar). ONNX runs in ONNX Runtime, .pt2 through torch.export.load, both on the CPU."""
+def _whole(value: Any, least: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
+def _sidecar_problems(meta: Any) -> list[str]:
+    """What is missing or malformed in a sidecar, of the fields predict.py relies on."""
+    if not isinstance(meta, dict):
+        return ["it is not a JSON object"]
+    problems = []
+    if meta.get("format") not in FORMATS:
+        problems.append(f"format {meta.get('format')!r} is not one of {', '.join(FORMATS)}")
+    if not (isinstance(meta.get("sha256"), str) and re.fullmatch("[0-9a-f]{64}", meta["sha256"])):
+        problems.append("sha256 is not a SHA-256 (64 hex digits)")
+    names = meta.get("class_names")
+    if names is None:
+        problems.append("class_names is missing")
+    elif not (isinstance(names, list) and names and all(isinstance(n, str) and n for n in names)):
+        problems.append("class_names is not a list of names (strings)")
+    elif len(set(names)) != len(names):
+        problems.append("class_names has a name twice")
+    else:
+        output = meta.get("output")
+        shape = output.get("shape") if isinstance(output, dict) else None
+        if shape != ["N", len(names)]:
+            problems.append(f"output.shape {shape!r} is not ['N', {len(names)}] (one probability "
+                            f"for each of the {len(names)} class_names)")  # fmt: skip
+    if not _whole(meta.get("tta_level"), 0):
+        problems.append(f"tta_level {meta.get('tta_level')!r} is not a whole number >= 0")
+    if not _whole(meta.get("eval_batch_size"), 1):
+        problems.append(f"eval_batch_size {meta.get('eval_batch_size')!r} is not a whole "
+                        f"number >= 1")  # fmt: skip
+    return problems
+
+
+def _load_checked(fmt: str, path: Path, classes: int) -> Runner:
+    """The file's runner, after running it on two images: one UserError if it cannot be
+    loaded, does not run on the input spec's images or gives other than `classes` values."""
+    x = np.zeros((2, SIZE, SIZE, 3), dtype=np.uint8)
+    try:
+        run = _runner(fmt, path)
+        got = np.asarray(run(x))
+    except Exception as err:  # noqa: BLE001 - ONNX Runtime's and torch's errors vary
+        raise UserError(f"model_path: {path} cannot be loaded as {fmt} or does not run on uint8 "
+                        f"images (N, 32, 32, 3) ({type(err).__name__}: {err}). Export the "
+                        f"model again.") from err  # fmt: skip
+    if got.shape != (2, classes):
+        width = got.shape[1] if got.ndim == 2 else f"shape {got.shape[1:]} of"
+        raise UserError(f"model_path: {path} gives {width} probabilities per image, where its "
+                        f"sidecar has {classes} class_names. Export the model "
+                        f"again.")  # fmt: skip
+    return run
+
+
+def load_exported(path: str | Path, trust: bool = False) -> tuple[Runner, dict[str, Any]]:
+    """A model export.py wrote, after checking it against its sidecar (module doc): (its
+    runner, the sidecar). ONNX runs in ONNX Runtime, .pt2 (only with `trust`: it is unpickled)
+    through torch.export.load, both on the CPU. The format is the file's suffix's."""
     path = Path(path)
     side = sidecar_path(path)
     if not path.is_file():
         raise UserError(f"model_path: {path} does not exist. Pass a file export.py wrote.")
+    fmt = FORMAT_OF.get(path.suffix.lower())
+    if fmt is None:
+        raise UserError(f"model_path: {path} is neither .onnx nor .pt2: pass a model file "
+                        f"export.py wrote (its suffix says how it is loaded).")  # fmt: skip
+    if fmt == "torch_export" and not trust:
+        raise UserError(f"model_path: {path} is a .pt2, which is unpickled when loaded: it can "
+                        f"run any code it holds. Pass trust_model=true only for a file you made "
+                        f"or trust, or use a model.onnx (export.py format=onnx).")  # fmt: skip
     try:
         meta = json.loads(side.read_text())
     except (OSError, ValueError) as err:
         raise UserError(f"model_path: cannot read the sidecar {side} ({err}); export.py writes "
                         f"it beside the model. Export the model again.") from err  # fmt: skip
-    fmt = meta.get("format") if isinstance(meta, dict) else None
-    if fmt not in FORMATS:
-        raise UserError(f"{side} is not an export.py sidecar (format {fmt!r}).")
-    if sha256(path) != meta.get("sha256"):
+    problems = _sidecar_problems(meta)
+    if problems:
+        raise UserError(f"model_path: {side} is not a sidecar export.py wrote: "
+                        f"{'; '.join(problems)}. Export the model again.")  # fmt: skip
+    if meta["format"] != fmt:
+        raise UserError(f"model_path: {side.name} says format {meta['format']!r}, but "
+                        f"{path.name} is loaded as {fmt} (its suffix): the sidecar is not this "
+                        f"file's. Pass a model file export.py wrote, by its own name.")  # fmt: skip
+    if sha256(path) != meta["sha256"]:
         raise UserError(f"model_path: {path} is not the file its sidecar {side.name} describes "
                         f"(SHA-256 differs): it was changed after export.py wrote it. Export "
                         f"the model again.")  # fmt: skip
     require(fmt, ["onnxruntime"] if fmt == "onnx" else [])
-    return _runner(fmt, path), meta
+    return _load_checked(fmt, path, len(meta["class_names"])), meta

@@ -3,8 +3,11 @@
 
 Finding (find_inputs): files, folders (searched recursively, by name) and globs (`**` for any
 depth). Symbolic links are followed, each folder is walked once (a link loop ends there) and
-each file gives one row, whatever the number of names it is reached by. Hidden entries are
-left out; in folders, so are files not named as images (IMAGE_SUFFIXES).
+each file gives one row, whatever the number of names it is reached by. A folder reached again
+through a link is reported (Inputs.revisits); one the inputs name twice (`p/**` matches p and
+each folder under it, input=[p, p/a]) is not. Hidden entries are left out; in folders, so are
+files not named as images (IMAGE_SUFFIXES). Labels (class_lookup, label_of): a folder named
+after one of the model's classes.
 
 Reading (to_rgb): EXIF orientation applied; single-channel images of more than 8 bits (Pillow
 modes I;16*, I, F: 16-bit PNG and TIFF) scaled from 0..65535 to 0..255, where Pillow's own
@@ -24,7 +27,7 @@ import glob
 import os
 import stat
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,7 +63,8 @@ class Inputs:
     ignored: int = 0  # files in folders without an image suffix
     revisits: list[str] = field(default_factory=list)  # folders reached again through a link
     seen_files: set[str] = field(default_factory=set)
-    seen_dirs: set[tuple[int, int]] = field(default_factory=set)
+    # (st_dev, st_ino) of each folder walked -> whether it was reached through a link
+    seen_dirs: dict[tuple[int, int], bool] = field(default_factory=dict)
 
     def add(self, path: Path) -> None:
         # Two names of one file (a link, an entry given twice) give one row, the first name's.
@@ -78,11 +82,12 @@ def parse_background(value: str) -> tuple[int, int, int]:
                         f"or #rrggbb") from err  # fmt: skip
 
 
-def _walk(folder: Path, found: Inputs) -> None:
+def _walk(folder: Path, found: Inputs, link: bool | None = None) -> None:
     """Every file under `folder`, by name at each level, links followed; a folder reached a
     second time (a link loop, or two links to one folder) is not walked again. Links come after
     the real entries of their folder: a file reached both ways keeps its own folder's name (and
-    the label that name gives)."""
+    the label that name gives). `link`: whether `folder` is reached through a link; None for a
+    folder the inputs name, whose second time is the inputs overlapping, not reported."""
     try:
         st = folder.stat()
         entries = sorted(os.scandir(folder), key=lambda e: (e.is_symlink(), e.name))
@@ -91,15 +96,19 @@ def _walk(folder: Path, found: Inputs) -> None:
         return
     key = (st.st_dev, st.st_ino)
     if key in found.seen_dirs:
-        found.revisits.append(str(folder))
+        # Without a link on either way to it, a folder is reached twice only when the inputs
+        # name it and a folder above it (input=[p/a, p]): not a revisit through links.
+        if link is not None and (link or found.seen_dirs[key]):
+            found.revisits.append(str(folder))
         return
-    found.seen_dirs.add(key)
+    link = folder.is_symlink() if link is None else link
+    found.seen_dirs[key] = link
     for entry in entries:
         path = Path(entry.path)
         if entry.name.startswith("."):
             continue  # hidden files and folders (.DS_Store, .ipynb_checkpoints)
         if entry.is_dir():
-            _walk(path, found)
+            _walk(path, found, link or entry.is_symlink())
         elif entry.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
             found.add(path)
         elif entry.is_symlink() and not entry.is_file():
@@ -174,14 +183,27 @@ def find_inputs(inputs: str | Sequence[str]) -> Inputs:
     return found
 
 
-def label_of(path: Path) -> int | None:
-    """The class of an image in a folder named after one (official CIFAR-10 or display name,
-    any case): its index, else None."""
-    name = path.parent.name.lower()
-    for names in (CLASSES, DISPLAY_NAMES):
-        if name in names:
-            return names.index(name)
-    return None
+def class_lookup(class_names: Sequence[str]) -> dict[str, int]:
+    """Folder name (lower case) -> index into the model's `class_names`: each of its names, and
+    when its classes are CIFAR-10's (in any order, either spelling), the other spelling too
+    (automobile and car, airplane and plane)."""
+    names = [str(name).lower() for name in class_names]
+    lookup: dict[str, int] = {}
+    for k, name in enumerate(names):
+        lookup.setdefault(name, k)
+    cifar = [CLASSES.index(n) if n in CLASSES else DISPLAY_NAMES.index(n) if n in DISPLAY_NAMES
+             else None for n in names]  # fmt: skip
+    if None not in cifar and sorted(cifar) == list(range(len(CLASSES))):
+        for k, c in enumerate(cifar):
+            lookup.setdefault(CLASSES[c], k)
+            lookup.setdefault(DISPLAY_NAMES[c], k)
+    return lookup
+
+
+def label_of(path: Path, lookup: Mapping[str, int]) -> int | None:
+    """The class of an image in a folder named after one (class_lookup's names, any case): its
+    index into the model's class names, else None."""
+    return lookup.get(path.parent.name.lower())
 
 
 def to_rgb(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:

@@ -8,10 +8,11 @@ and its TTA unless tta=false; `precision=` and `batch_size=` may override.
 
 Files are found and read as images.py says (8-bit RGB, 32x32). In the run folder:
 predictions.csv, one row per file (COLUMNS; `label` filled when the file's folder is named
-after a class), probabilities.npy (each row's class probabilities, NaN where the file was not
-predicted) and with figure=true contact_sheet.png. Returns the exit status: 0, or
-EXIT_BAD_IMAGES when some files could not be read (on_bad_image=skip: 0 all the same).
-"""
+after one of the model's classes, images.class_lookup), probabilities.npy (each row's class
+probabilities, NaN where the file was not predicted) and with figure=true contact_sheet.png.
+Returns the exit status: 0, or EXIT_BAD_IMAGES when some files could not be read
+(on_bad_image=skip: 0 all the same). An exported .pt2 is loaded only with trust_model=true
+(export.load_exported)."""
 
 from __future__ import annotations
 
@@ -97,21 +98,21 @@ def _checkpoint_model(cfg: DictConfig, n: int) -> tuple[Predict, list[str], str]
 
 
 def _exported_model(cfg: DictConfig, _n: int) -> tuple[Predict, list[str], str]:
-    run, meta = load_exported(cfg.model_path)
-    if not cfg.tta and meta.get("tta_level"):
+    run, meta = load_exported(cfg.model_path, trust=cfg.trust_model)  # the sidecar is checked
+    if not cfg.tta and meta["tta_level"]:
         raise UserError(f"{cfg.model_path} has TTA level {meta['tta_level']} built in: "
                         f"tta=false cannot remove it. Export with tta=false for a model "
                         f"without.")  # fmt: skip
     if cfg.precision is not None and str(cfg.precision) not in ("32", "32-true"):
         raise UserError(f"precision={cfg.precision}: an exported model computes in fp32 only.")
-    batch_size = int(cfg.batch_size or meta.get("eval_batch_size") or 512)
+    batch_size = int(cfg.batch_size or meta["eval_batch_size"])
 
     def predict(x: np.ndarray) -> np.ndarray:
         starts = range(0, len(x), batch_size)
         bar = tqdm(starts, desc="predicting", unit="batch", disable=len(starts) < 2)
         return np.concatenate([run(np.ascontiguousarray(x[i : i + batch_size])) for i in bar])
 
-    about = (f"{meta['format']} model {cfg.model_path} (TTA level {meta.get('tta_level')}, fp32, "
+    about = (f"{meta['format']} model {cfg.model_path} (TTA level {meta['tta_level']}, fp32, "
              f"batch size {batch_size})")  # fmt: skip
     return predict, list(meta["class_names"]), about
 
@@ -128,13 +129,20 @@ def _check_options(cfg: DictConfig) -> None:
                         f"file cannot be read) or skip (exit status 0).")  # fmt: skip
     if cfg.batch_size is not None and (not isinstance(cfg.batch_size, int) or cfg.batch_size < 1):
         raise UserError(f"batch_size={cfg.batch_size!r} must be a whole number >= 1, or null.")
+    if not isinstance(cfg.trust_model, bool):
+        raise UserError(f"trust_model={cfg.trust_model!r}: use true or false (true: a .pt2 "
+                        f"model_path is unpickled, only for files you made or trust).")  # fmt: skip
 
 
-def _read(files: Sequence[Path], resize: str, background: tuple) -> tuple[list[Row], np.ndarray]:
-    """A row per file, and the images that could be read, in the same order."""
+def _read(
+    files: Sequence[Path], resize: str, background: tuple, class_names: Sequence[str]
+) -> tuple[list[Row], np.ndarray]:
+    """A row per file (labelled by the model's class names), and the images that could be read,
+    in the same order."""
+    lookup = images.class_lookup(class_names)
     rows, arrays = [], []
     for path in tqdm(files, desc="reading", unit="file", disable=len(files) < PROGRESS_MIN):
-        row = Row(str(path), images.label_of(path))
+        row = Row(str(path), images.label_of(path, lookup))
         try:
             arrays.append(images.read_image(path, resize, background))
         except images.BadImage as bad:
@@ -204,7 +212,7 @@ def predict(cfg: DictConfig) -> int:
     found = images.find_inputs(names if isinstance(names, list) else str(names))
     make = _checkpoint_model if cfg.ckpt_path is not None else _exported_model
     run, class_names, about = make(cfg, len(found.files))
-    rows, x = _read(found.files, cfg.resize, background)
+    rows, x = _read(found.files, cfg.resize, background, class_names)
     log.info("predicting %d images with %s", len(x), about)
     probs = run(x) if len(x) else np.zeros((0, len(class_names)), dtype=np.float32)
 

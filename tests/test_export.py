@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -12,13 +13,14 @@ import numpy as np
 import pytest
 import torch
 
+from cifar_lightning import DISPLAY_NAMES
 from cifar_lightning import export as export_module
 from cifar_lightning.data import DeviceBatches
 from cifar_lightning.errors import UserError
 from cifar_lightning.export import ImageClassifier, export, sha256
 from cifar_lightning.pipeline import load_trained
 from tests.conftest import task_config
-from tests.test_predict import run_predict, variant
+from tests.test_predict import in_process_cli, rows, run_predict, variant
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -77,7 +79,8 @@ def test_exported_models_give_the_checkpoint_fp32_probabilities(
         "trainer.accelerator=cpu",
     ]
     assert run_predict(ref, tmp_path / "ckpt") == 0
-    assert run_predict([f"model_path={exported[fmt]}", test], tmp_path / fmt) == 0
+    trust = ["trust_model=true"] if fmt == "torch_export" else []  # we wrote this .pt2
+    assert run_predict([f"model_path={exported[fmt]}", test, *trust], tmp_path / fmt) == 0
     want, got = (np.load(tmp_path / d / "probabilities.npy") for d in ("ckpt", fmt))
     assert got.shape == want.shape == (100, 10)
     assert (got.argmax(1) == want.argmax(1)).all()
@@ -146,3 +149,118 @@ def test_export_names_the_extra_when_a_package_is_missing(monkeypatch, tmp_path:
     with task_config("export", ["ckpt_path=x.ckpt", "format=tflite"], tmp_path) as cfg:
         with pytest.raises(UserError, match="format=onnx or format=torch_export"):
             export(cfg)
+
+
+def copy_model(model: Path, folder: Path, name: str, **sidecar) -> Path:
+    """`model` and its sidecar as `folder/name` (+ .json), the sidecar's fields changed by
+    `sidecar` (None: the field removed)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    copy = folder / name
+    shutil.copy(model, copy)
+    meta = json.loads(model.with_name(model.name + ".json").read_text())
+    meta.update(sidecar)
+    meta = {key: value for key, value in meta.items() if value is not None}
+    copy.with_name(name + ".json").write_text(json.dumps(meta))
+    return copy
+
+
+@pytest.fixture
+def no_unpickling(monkeypatch: pytest.MonkeyPatch) -> None:
+    def load(*args, **kwargs):
+        raise AssertionError("torch.export.load ran: it unpickles the file")
+
+    monkeypatch.setattr(torch.export, "load", load)
+
+
+def test_a_pt2_is_loaded_only_with_trust_model(
+    exported, folder_root: Path, tmp_path: Path, capsys, monkeypatch, no_unpickling
+):
+    test = f"input={folder_root / 'test' / 'cat'}"
+    code, err = in_process_cli([f"model_path={exported['torch_export']}", test],
+                               tmp_path / "untrusted", capsys, monkeypatch)  # fmt: skip
+    assert code == 2 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].startswith("error: ") and "trust_model=true" in err
+
+
+def test_the_file_suffix_not_the_sidecar_chooses_the_loader(
+    exported, folder_root: Path, tmp_path: Path, no_unpickling
+):
+    """A .pt2 named model.onnx, its sidecar saying torch_export (and its SHA-256 right): not
+    unpickled; nor is an ONNX file named model.pt2 whose sidecar says onnx, trusted or not."""
+    test = f"input={folder_root / 'test' / 'cat'}"
+    disguised = copy_model(exported["torch_export"], tmp_path / "disguised", "model.onnx")
+    for trust in ([], ["trust_model=true"]):
+        with pytest.raises(UserError, match="says format 'torch_export'.*model.onnx"):
+            run_predict([f"model_path={disguised}", test, *trust], tmp_path / f"a{len(trust)}")
+    onnx_pt2 = copy_model(exported["onnx"], tmp_path / "renamed", "model.pt2",
+                          sha256=sha256(exported["onnx"]))  # fmt: skip
+    with pytest.raises(UserError, match="says format 'onnx'"):
+        run_predict([f"model_path={onnx_pt2}", test, "trust_model=true"], tmp_path / "b")
+    other = copy_model(exported["onnx"], tmp_path / "other", "model.bin")
+    with pytest.raises(UserError, match=r"neither \.onnx nor \.pt2"):
+        run_predict([f"model_path={other}", test], tmp_path / "c")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [({"class_names": None}, "class_names is missing"),
+     ({"class_names": list(range(10))}, "class_names is not a list of names"),
+     ({"class_names": ["cat"] * 10}, "class_names has a name twice"),
+     ({"class_names": list(DISPLAY_NAMES[:9])}, r"output.shape \['N', 10\] .*9 class_names"),
+     ({"class_names": [*DISPLAY_NAMES, "fox"], "output": {"shape": ["N", 11]}},
+      r"gives 10 probabilities per image.*11 class_names"),
+     ({"tta_level": "two"}, "tta_level"),
+     ({"eval_batch_size": 0}, "eval_batch_size")],
+)  # fmt: skip
+def test_a_sidecar_with_bad_fields_is_one_error(
+    exported, folder_root: Path, tmp_path: Path, capsys, monkeypatch, change, message
+):
+    model = copy_model(exported["onnx"], tmp_path, "model.onnx", **change)
+    test = f"input={folder_root / 'test' / 'cat'}"
+    code, err = in_process_cli([f"model_path={model}", test], tmp_path / "out", capsys,
+                               monkeypatch)  # fmt: skip
+    assert code == 2 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].startswith("error: ")
+    assert re.search(message, err), err
+
+
+def test_folder_labels_are_the_model_class_names(exported, folder_root: Path, tmp_path: Path):
+    """Folders are matched against the model's own class names (CIFAR-10's other spelling only
+    for a model of CIFAR-10's classes), not against CIFAR-10's and indexed into the model's."""
+    photos = tmp_path / "photos"
+    for folder, source in (("cat", "cat"), ("automobile", "automobile"), ("c3", "cat")):
+        (photos / folder).mkdir(parents=True)
+        shutil.copy(next((folder_root / "test" / source).iterdir()), photos / folder / "x.png")
+    for names, want in (
+        (list(reversed(DISPLAY_NAMES)), {"cat": "cat", "automobile": "car", "c3": ""}),
+        ([f"c{k}" for k in range(10)], {"cat": "", "automobile": "", "c3": "c3"}),
+    ):
+        model = copy_model(exported["onnx"], tmp_path / names[0], "model.onnx", class_names=names)
+        assert run_predict([f"model_path={model}", f"input={photos}"], tmp_path / names[1]) == 0
+        got = {Path(r["file"]).parent.name: r["label"] for r in rows(tmp_path / names[1])}
+        assert got == want
+
+
+def test_a_failed_check_is_one_error_and_leaves_no_file(
+    tta_ckpt: Path, tmp_path: Path, capsys, monkeypatch
+):
+    monkeypatch.setattr(export_module, "CHECK_TOLERANCE", -1.0)  # no file passes it
+    out = tmp_path / "out"
+    code, err = in_process_cli([f"ckpt_path={tta_ckpt}", "format=torch_export"], out, capsys,
+                               monkeypatch, config="export", task=export)  # fmt: skip
+    assert code == 2 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].startswith("error: ") and "differ" in err
+    assert [p.name for p in out.iterdir() if "model" in p.name] == []
+
+
+def test_an_exporter_failing_part_way_leaves_no_file(tta_ckpt: Path, tmp_path: Path, monkeypatch):
+    def save(ep, f, **kwargs):
+        Path(f).write_bytes(b"the first bytes of a model")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(torch.export, "save", save)
+    out = tmp_path / "out"
+    with task_config("export", [f"ckpt_path={tta_ckpt}", "format=torch_export"], out) as cfg:
+        with pytest.raises(OSError, match="No space left"):
+            export(cfg)
+    assert [p.name for p in out.iterdir() if "model" in p.name] == []

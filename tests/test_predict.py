@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cifar_lightning import cli, images
+from cifar_lightning import DISPLAY_NAMES, cli, images
 from cifar_lightning.errors import EXIT_BAD_IMAGES, UserError
 from cifar_lightning.pipeline import load_trained, make_trainer
 from cifar_lightning.prediction import COLUMNS, predict
@@ -33,6 +33,11 @@ def one_thread():
     before = torch.get_num_threads()
     yield torch.set_num_threads(1)
     torch.set_num_threads(before)
+
+
+def cifar_label(path: Path) -> int | None:
+    """The label predict.py gives a file for the tiny run's model (CIFAR-10's classes)."""
+    return images.label_of(path, images.class_lookup(DISPLAY_NAMES))
 
 
 def read(path: Path, resize: str = "crop", background=WHITE) -> np.ndarray:
@@ -172,8 +177,40 @@ def test_folders_are_searched_once_through_links_and_loops(tmp_path: Path):
     listed = images.find_inputs([str(name) for name in names])
     assert listed.files == [root / "b.JPG", root / "cat" / "a.png", root / "notes.txt"]
     assert images.find_inputs(str(tmp_path / "**" / "a.png")).files == [root / "cat" / "a.png"]
-    assert [images.label_of(p) for p in found.files] == [None, 3]
-    assert images.label_of(Path("x/Automobile/1.png")) == images.label_of(Path("x/car/1.png")) == 1
+    assert [cifar_label(p) for p in found.files] == [None, 3]
+    assert cifar_label(Path("x/Automobile/1.png")) == 1
+    assert cifar_label(Path("x/car/1.png")) == 1
+
+
+def test_a_glob_reports_revisits_only_through_links(tmp_path: Path):
+    """`p/**` matches p, p/a and p/a/b, each walked once without a word: no link is in it."""
+    root = tmp_path / "p"
+    (root / "a" / "b").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(root / "a" / "b" / "x.png")
+    Image.new("RGB", (8, 8)).save(root / "y.png")
+    for inputs in (str(root / "**"), [str(root / "a"), str(root)], [str(root), str(root / "a")]):
+        found = images.find_inputs(inputs)
+        assert found.revisits == [], inputs
+        assert sorted(found.files) == [root / "a" / "b" / "x.png", root / "y.png"]
+    # A link from one folder into another reaches that folder a second time: reported, once.
+    (root / "z").mkdir()
+    (root / "a" / "to_z").symlink_to(root / "z")
+    assert images.find_inputs(str(root / "**")).revisits == [str(root / "z")]
+    assert images.find_inputs(str(root)).revisits == [str(root / "z")]
+
+
+def test_folder_labels_are_the_model_class_names():
+    """A folder is matched against the model's own classes; CIFAR-10's other spelling counts
+    only for a model whose classes are CIFAR-10's (in any order)."""
+    other = images.class_lookup(["Cat", "Dog", "Fox"])
+    assert images.label_of(Path("x/fox/1.png"), other) == 2
+    assert images.label_of(Path("x/cat/1.png"), other) == 0
+    assert images.label_of(Path("x/automobile/1.png"), other) is None
+    reordered = images.class_lookup(list(reversed(DISPLAY_NAMES)))
+    assert images.label_of(Path("x/cat/1.png"), reordered) == 6
+    assert images.label_of(Path("x/automobile/1.png"), reordered) == 8
+    official = images.class_lookup(images.CLASSES)
+    assert images.label_of(Path("x/plane/1.png"), official) == 0
 
 
 @pytest.mark.parametrize(
@@ -235,7 +272,7 @@ def test_predict_repeats_the_run_test(trained_run: Path, folder_root: Path, tmp_
     accuracy = np.mean([r["pred"] == r["label"] for r in table])
     assert accuracy == pytest.approx(results["test_acc"], abs=1e-6)
     probs = np.load(tmp_path / "probabilities.npy")
-    labels = [images.label_of(Path(r["file"])) for r in table]
+    labels = [cifar_label(Path(r["file"])) for r in table]
     loss = -np.log(probs[np.arange(100), labels]).mean()
     assert loss == pytest.approx(results["test_loss"], abs=1e-5)
     assert table[0]["top3"].startswith(f"{table[0]['pred']}:{table[0]['prob']} ")
@@ -258,7 +295,7 @@ def test_predict_takes_the_run_precision_tta_and_loader(
         argv = [f"ckpt_path={ckpt}", f"input={folder_root / 'test'}", f"precision={precision}"]
         assert run_predict(argv, out) == 0
         probs = np.load(out / "probabilities.npy")
-        labels = [images.label_of(Path(r["file"])) for r in rows(out)]
+        labels = [cifar_label(Path(r["file"])) for r in rows(out)]
         losses[precision] = -np.log(probs[np.arange(100), labels]).mean()
     assert losses["null"] == pytest.approx(tested["test/loss"], abs=1e-5)
     assert abs(losses["32-true"] - tested["test/loss"]) > 1e-4  # bf16 is not fp32
@@ -293,14 +330,17 @@ def test_bad_files_get_their_rows_and_exit_status_3(
     assert len(rows(tmp_path / "skip")) == 6
 
 
-def in_process_cli(overrides: list[str], out: Path, capsys, monkeypatch) -> tuple[int, str]:
-    """predict.py's path through cli.run_main and cli_guard, in this process."""
+def in_process_cli(
+    overrides: list[str], out: Path, capsys, monkeypatch, config: str = "predict", task=predict
+) -> tuple[int, str]:
+    """predict.py's (or `config`'s `task`'s) path through cli.run_main and cli_guard, in this
+    process."""
     monkeypatch.setenv(cli.FULL_ERROR, "0")
     monkeypatch.setenv(cli.TRACEBACKS, "0")  # as a user without HYDRA_FULL_ERROR=1
 
     def hydra_main() -> None:
-        with task_config("predict", overrides, out) as cfg:
-            cli.cli_guard(predict, cfg)
+        with task_config(config, overrides, out) as cfg:
+            cli.cli_guard(task, cfg)
 
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
@@ -320,6 +360,7 @@ def test_user_errors_are_one_line_and_exit_status_2(
         "no model": ([f"input={ckpt}"], "pass one of ckpt_path="),
         "untrusted": ([f"ckpt_path={untrusted}", f"input={ckpt}"], "is not trusted"),
         "resize": ([f"ckpt_path={ckpt}", f"input={ckpt}", "resize=zoom"], "not a method"),
+        "trust": ([f"ckpt_path={ckpt}", f"input={ckpt}", "trust_model=yes"], "true or false"),
     }
     for name, (overrides, message) in cases.items():
         code, err = in_process_cli(overrides, tmp_path / name, capsys, monkeypatch)
