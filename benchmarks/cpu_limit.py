@@ -158,9 +158,9 @@ def real_steps(cfg: Any, size: int, steps: int, out: Path) -> list[float]:
     with open_dict(cfg):
         cfg.module.train_resolution = [size]
         cfg.trainer.max_steps, cfg.trainer.limit_val_batches = steps, 0
-        cfg.trainer.enable_progress_bar = False
-        cfg.callbacks = {k: v for k, v in cfg.callbacks.items() if k == "last_checkpoint" and v}
-        if "last_checkpoint" in cfg.callbacks:
+        # train.py's callbacks as the recipe has them (progress bar and health checks included),
+        # last.ckpt at epoch ends only (none falls inside these few steps).
+        if cfg.callbacks.get("last_checkpoint"):
             cfg.callbacks.last_checkpoint.every_n_train_steps = 0
     seed = L.seed_everything(cfg.seed, verbose=False)
     datamodule, module = build(cfg, seed)
