@@ -15,12 +15,7 @@ from tests.conftest import run_cli
 TINY = ["data.batch_size=50", "data.eval_batch_size=50", "model.widths=[8,8,8]"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: one thread does them fastest, above all on a busy machine."""
-    before = torch.get_num_threads()
-    yield torch.set_num_threads(1)
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -22,12 +22,7 @@ from cifar_lightning.pipeline import load_trained
 from tests.conftest import task_config
 from tests.test_predict import in_process_cli, rows, run_predict, variant
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    yield torch.set_num_threads(1)
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
