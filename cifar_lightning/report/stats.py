@@ -1,6 +1,7 @@
 """Statistics over seeds: mean, sample std and t confidence interval of a group; the difference
 of two groups with its interval and p-value (paired t-test over shared seeds, else Welch's);
-Holm's correction over a family of comparisons; the Wilson interval of one run's accuracy.
+Holm's correction over a family of comparisons; the Wilson interval of one run's accuracy; a
+paired one-sided non-inferiority test with a margin.
 
 A group of n runs differing only in the seed is treated as n draws of the training randomness;
 the intervals and tests assume roughly normal per-run figures, which holds better for
@@ -134,6 +135,38 @@ def welch(a: Sequence[float], b: Sequence[float], confidence: float = CONFIDENCE
         warnings.simplefilter("ignore", RuntimeWarning)
         result = stats.ttest_ind(a, b, equal_var=False)
     return _result(WELCH, 0, diff, result, confidence)
+
+
+@dataclass(frozen=True)
+class NonInferiority:
+    """Paired one-sided test of H0: mean(a − b) <= −margin against H1: mean(a − b) > −margin."""
+
+    pairs: int
+    diff: float  # mean(a − b)
+    ci_low: float | None  # the two-sided interval of mean(a − b) at the given confidence
+    ci_high: float | None
+    t: float | None
+    p: float | None  # one-sided; None where there is no test (n < 2 or no spread)
+
+
+def noninferiority(
+    a: Sequence[float], b: Sequence[float], margin: float, confidence: float = CONFIDENCE
+) -> NonInferiority:
+    """Is a no worse than b by more than `margin`? a[i] and b[i] share seed i: the test is a
+    one-sample t-test of d_i + margin > 0 on the differences d_i = a[i] − b[i],
+    t = (mean(d) + margin) / (std(d) / sqrt(n)), p = P(T_{n-1} >= t)."""
+    if len(a) != len(b) or not a:
+        raise ValueError(f"noninferiority: {len(a)} and {len(b)} values are not pairs")
+    if margin < 0:
+        raise ValueError(f"noninferiority: the margin is a distance, got {margin}")
+    d = [x - y for x, y in zip(a, b, strict=True)]
+    n, diff = len(d), statistics.fmean(d)
+    if n < 2 or _flat(d, [*a, *b]):
+        return NonInferiority(n, diff, None, None, None, None)
+    se = statistics.stdev(d) / math.sqrt(n)
+    t = (diff + margin) / se
+    half = float(stats.t.ppf((1 + confidence) / 2, n - 1)) * se
+    return NonInferiority(n, diff, diff - half, diff + half, t, float(stats.t.sf(t, n - 1)))
 
 
 def welch_p(a: Sequence[float], b: Sequence[float]) -> float | None:
