@@ -152,8 +152,11 @@ class StepClock(L.Callback):
         self.times.append(time.perf_counter() - self._start)
 
 
-def real_steps(cfg: Any, size: int, steps: int, out: Path) -> list[float]:
-    """`steps` of the recipe's training at input size `size`, as train.py's Trainer runs them."""
+def real_steps(
+    cfg: Any, size: int, steps: int, out: Path, extra: Sequence[L.Callback] = ()
+) -> list[float]:
+    """`steps` of the recipe's training at input size `size`, as train.py's Trainer runs them
+    (with the `extra` callbacks after the config's); each step's seconds."""
     cfg = OmegaConf.create(OmegaConf.to_container(cfg))
     with open_dict(cfg):
         cfg.module.train_resolution = [size]
@@ -165,7 +168,7 @@ def real_steps(cfg: Any, size: int, steps: int, out: Path) -> list[float]:
     seed = L.seed_everything(cfg.seed, verbose=False)
     datamodule, module = build(cfg, seed)
     clock = StepClock()
-    callbacks, _, _ = build_callbacks(cfg, datamodule, lambda: [clock])
+    callbacks, _, _ = build_callbacks(cfg, datamodule, lambda: [clock, *extra])
     trainer = make_trainer(cfg.trainer, None, callbacks, out)
     trainer.fit(module, datamodule=datamodule)
     return clock.times

@@ -61,6 +61,7 @@ class HealthCheck(L.Callback):
         self._loss_sums: list[Tensor] = []
         self._track_loss = False
         self._bad_loss: Tensor | None = None
+        self._pending_collapse: str | None = None  # the fit's latest validation found one
 
     # -- findings -------------------------------------------------------------------------------
     def report(self, check: str, stage: str, message: str) -> None:
@@ -232,15 +233,21 @@ class HealthCheck(L.Callback):
         min_classes = self.collapse_min_classes or num_classes // 2
         predicted = int((counts > 0).sum())
         top_share = float(counts.max()) / total
-        # During fit, an untrained model's predictions are often lopsided: only flag a collapse
-        # once training accuracy shows the model learned something. After training, always.
         collapsed = predicted <= min_classes or top_share > self.collapse_max_share
-        if collapsed and (stage == "test" or learned):
-            self.report("prediction_collapse", stage,
-                        f"the model predicts only {predicted} of {num_classes} classes (the most "
-                        f"frequent takes {100 * top_share:.0f} %): the outputs barely depend on "
-                        f"the input. Check that the inputs reach the model intact and that "
-                        f"the evaluated weights are the trained ones.")  # fmt: skip
+        what = (f"the model predicts only {predicted} of {num_classes} classes"
+                if predicted <= min_classes else
+                f"one class takes {100 * top_share:.0f} % of the model's predictions")  # fmt: skip
+        message = (f"{what}: the outputs barely depend on the input. Check that the inputs "
+                   f"reach the model intact and that the evaluated weights are the trained "
+                   f"ones.")  # fmt: skip
+        if stage == "val" and trainer.state.fn == "fit":
+            # Mid-fit predictions are often lopsided for an epoch (an untrained model's, or one
+            # whose inputs just grew: progressive resolution) and then recover: only the fit's
+            # last validation decides, at its end (on_fit_end), once training accuracy shows
+            # that the model learned something.
+            self._pending_collapse = message if collapsed and learned else None
+        elif collapsed:
+            self.report("prediction_collapse", stage, message)
         acc, chance = correct / total, 1 / num_classes
         ref = self.reference_acc
         if (
@@ -254,6 +261,12 @@ class HealthCheck(L.Callback):
                         f"the trained one (a fresh instance, weights never loaded, a copy made "
                         f"before training), or the {stage} inputs are transformed differently. "
                         f"This is the seed experiment's 9.75 % signature.")  # fmt: skip
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._pending_collapse is not None:
+            self.report("prediction_collapse", "val",
+                        f"at the fit's last validation, {self._pending_collapse}")  # fmt: skip
+            self._pending_collapse = None
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:  # noqa: ANN001
         if self._train_total:  # during fit: the running training accuracy of this epoch

@@ -3,12 +3,15 @@
 # run's config, log, metrics and results.json under docs/fast_cpu/runs/selection-2/.
 #   bash scripts/fast_cpu_selection_2.sh screen [NAME ...]   # S1..S12 with seed 0 (or those named)
 #   bash scripts/fast_cpu_selection_2.sh confirm F1 F2       # v1, F1, F2 with seeds 1-5, interleaved
+#   bash scripts/fast_cpu_selection_2.sh retime NAME ...     # seed-0 runs again, alone, for their
+#                                                            # times (into .../selection-2-retime/)
 # A run already copied is skipped; a killed one resumes from its last.ckpt (fixed run folder).
 # DATA_ROOT (default data/cifar10-jpeg) is where the JPEG copy is unpacked.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 data_root=${DATA_ROOT:-data/cifar10-jpeg}
 docs=docs/fast_cpu/runs/selection-2
+stage=selection-2
 
 P7="trainer.max_epochs=7 module.train_resolution=[16,16,24,24,24,32]"
 P6="trainer.max_epochs=6 module.train_resolution=[24,24,24,24,32]"
@@ -26,7 +29,7 @@ declare -A POOL=(
 )
 
 run() {  # run NAME SEED
-  local name=$1 seed=$2 out="outputs/selection-2/$1_seed$2" dest="$docs/$1_seed$2"
+  local name=$1 seed=$2 out="outputs/$stage/$1_seed$2" dest="$docs/$1_seed$2"
   [[ -v "POOL[$name]" ]] || { echo "error: no candidate $name in the pool" >&2; exit 2; }
   if [[ -f $dest/results.json ]]; then echo "$dest: done, skipped"; return; fi
   echo "$(date -u +%FT%TZ) $name seed $seed -> $out"
@@ -49,5 +52,10 @@ case ${1:-} in
   confirm)
     [[ $# -eq 3 ]] || { echo "error: confirm takes the two finalists' names" >&2; exit 2; }
     for seed in 1 2 3 4 5; do for n in v1 "$2" "$3"; do run "$n" "$seed"; done; done ;;
-  *) echo "usage: $0 screen [NAME ...] | confirm F1 F2" >&2; exit 2 ;;
+  retime)
+    shift
+    [[ $# -gt 0 ]] || { echo "error: retime takes the names of the runs to time" >&2; exit 2; }
+    stage=selection-2-retime docs=docs/fast_cpu/runs/selection-2-retime
+    for n in "$@"; do run "$n" 0; done ;;
+  *) echo "usage: $0 screen [NAME ...] | confirm F1 F2 | retime NAME ..." >&2; exit 2 ;;
 esac

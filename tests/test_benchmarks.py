@@ -8,7 +8,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks import augment_throughput, cpu_limit, loop_overhead, time_to_accuracy, wall_time
+from benchmarks import (
+    augment_throughput,
+    cpu_limit,
+    loop_overhead,
+    profile_step,
+    step_ab,
+    time_to_accuracy,
+    wall_time,
+)
+from cifar_lightning import optim
 from tests.conftest import run_cli
 
 # fast_cpu, sized for 400 synthetic training images: 8 steps of 50 an epoch.
@@ -171,3 +180,25 @@ def test_cpu_limit_counts_the_step_and_its_ceiling(folder_root: Path, tmp_path: 
         assert conv["flops"] == 2 * 50 * 8 * (size - 1) ** 2 * 24 * 9
     steps = r["steps_per_epoch"] * (r["sizes_by_epoch"].count(24) + r["sizes_by_epoch"].count(32))
     assert steps == 8 * 9  # 400 images / batch 50, 9 epochs
+
+
+def test_profile_step_puts_the_whole_step_in_named_parts(folder_root: Path, tmp_path: Path):
+    out, plain = tmp_path / "profile.json", optim.orthogonalize
+    r = profile_step.main([f"data.root={folder_root}", *TINY, "--sizes", "24", "--steps=2",
+                           "--warmup=1", f"--out={out}"])  # fmt: skip
+    row = json.loads(out.read_text())["per_size"]["24"]
+    assert row["steps"] == 2 and sum(row["share"].values()) == pytest.approx(1.0)
+    for part in ("convolution", "batch norm", "activation", "pooling", "Muon Newton-Schulz",
+                 "optimizer", "data and loop"):  # fmt: skip
+        assert row["seconds"][part] > 0, part
+    assert r["per_size"][24]["plain_step_s"] > 0
+    assert optim.orthogonalize is plain  # the label is taken off again
+
+
+def test_step_ab_alternates_a_and_b_and_reports_the_ratio(folder_root: Path, tmp_path: Path):
+    r = step_ab.main([f"data.root={folder_root}", *TINY, "--b=optimizer.ns_steps=5",
+                      "--size=24", "--rounds=2", "--steps=1", "--warmup=1",
+                      f"--out={tmp_path / 'ab.json'}"])  # fmt: skip
+    assert r["b"] == ["optimizer.ns_steps=5"] and "optimizer.ns_steps=5" not in r["overrides"]
+    assert [x["ratio"] for x in r["rounds"]] == [x["B"] / x["A"] for x in r["rounds"]]
+    assert r["ratio"]["min"] <= r["ratio"]["median"] <= r["ratio"]["max"]

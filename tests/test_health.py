@@ -14,6 +14,7 @@ from cifar_lightning.checkpoint import AtomicCheckpointIO
 from cifar_lightning.data import CIFAR10DataModule
 from cifar_lightning.data.augment import AugmentPreset, train_transform
 from cifar_lightning.health import HealthCheck, TrainingDiverged
+from cifar_lightning.models.network import Network
 from cifar_lightning.module import Classifier
 
 SEED_PRESET = AugmentPreset(
@@ -136,3 +137,37 @@ def test_overlap_labels_and_empty_classes_are_found(folder_root, tmp_path):
     with pytest.raises(Exception):  # noqa: B017 - the metric rejects it too, after the check
         trainer.test(module, datamodule=dm, verbose=False)
     assert "label_range" in checks(health, "test")
+
+
+class CollapsesInEval(Network):
+    """small_net in training; evaluated during the epochs in `collapsed` (0-based), it puts
+    every image in class 3, the signature of a collapse."""
+
+    def __init__(self, collapsed: set[int]) -> None:
+        super().__init__()
+        self.net, self.collapsed, self.epoch = small_net(), collapsed, 0
+
+    def on_train_epoch_start(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.net(x)
+        if self.training or self.epoch not in self.collapsed:
+            return out
+        return torch.zeros_like(out).index_fill_(1, torch.tensor([3]), 5.0)
+
+
+@pytest.mark.parametrize(("collapsed", "found"), [({0}, False), ({2}, True)])
+def test_only_the_fits_last_validation_decides_a_collapse(folder_root, tmp_path, collapsed, found):
+    # Progressive resolution can leave one mid-fit validation lopsided, and the model recovers:
+    # no finding then. A collapse at the last validation of the fit is one.
+    dm, _, health, trainer = make(folder_root, tmp_path)  # 3 epochs, validated after each
+    module = Classifier(
+        CollapsesInEval(collapsed), optimizer=lambda p: torch.optim.Adam(p, lr=0.05)
+    )
+    trainer.fit(module, datamodule=dm)
+    assert health.reference_acc > 0.5
+    messages = [f["message"] for f in health.findings if f["check"] == "prediction_collapse"]
+    assert len(messages) == found
+    if found:
+        assert messages[0].startswith("at the fit's last validation, the model predicts only 1")

@@ -109,3 +109,15 @@ def test_a_missing_seed_or_a_misnamed_run_is_one_error(tmp_path, capsys):
     make_run(tmp_path, ["seed=9"], results(test=None, val_acc=0.9), config=V1)
     assert selection.main(argv[:-1]) == 2
     assert "not named <candidate>_seed<S>" in capsys.readouterr().err
+
+
+def test_a_retimed_run_must_score_the_same_and_its_time_is_drawn(tmp_path, capsys):
+    first, again = tmp_path / "first", tmp_path / "again"
+    first.mkdir(), again.mkdir()
+    write(first, "S1", 0, 0.8852, 913.8, P7)  # on shared cores
+    write(again, "S1", 0, 0.8852, 275.6, P7)  # alone
+    assert selection.collect([first, again])["S1"][0].fit_seconds == 275.6
+    write(again, "S3", 0, 0.8914, 300.0, P7)
+    write(first, "S3", 0, 0.8910, 900.0, P7)
+    with pytest.raises(selection.UserError, match="a second run of S3 seed 0 scored 89.10 %"):
+        selection.collect([again, first])

@@ -15,7 +15,9 @@ forward FLOPs per training image summed over the epochs, in units of one 32x32 e
 
 The figure: validation accuracy against fit time for every candidate, one point per run, the
 finalists' and the reference's mean over the confirmation seeds marked; runs given to
---untimed (their cores were shared) are drawn against FLOPs only, in the second panel.
+--untimed (their cores were shared) are drawn against FLOPs only, in the second panel. A run
+found twice (the same name and seed in two of the folders, e.g. re-timed alone) must have the
+same score; the later folder's time is drawn.
 """
 
 from __future__ import annotations
@@ -81,6 +83,12 @@ def collect(paths: list[Path]) -> dict[str, dict[int, Scored]]:
         if acc is None or fit is None:
             raise UserError(f"{run.path}: no val_acc or fit_seconds ({run.problem or 'none'})")
         name, seed = m["name"], int(m["seed"])
+        again = found[name].get(seed)
+        if again is not None and again.val_acc != 100 * acc:
+            raise UserError(f"{run.path}: a second run of {name} seed {seed} scored "
+                            f"{100 * acc:.2f} %, the first {again.val_acc:.2f} %")  # fmt: skip
+        # A second run of the same candidate and seed (a re-timing alone on the cores) must
+        # score the same; its time replaces the first's (the later folder given wins).
         found[name][seed] = Scored(name, seed, 100 * acc, fit, flops_cost(run))
     if not found:
         raise UserError(f"no runs under {', '.join(map(str, paths))}")

@@ -1,0 +1,213 @@
+"""Where a recipe's training step spends its time: torch.profiler over real training steps.
+
+The recipe's steps run as train.py runs them (benchmarks/cpu_limit.py's real_steps: its Trainer,
+callbacks, optimizer, data), at one input size per run (--sizes, default: the recipe's own).
+After --warmup steps, torch.profiler records --steps steps (default: one epoch's). A callback
+labels each step's forward (the training_step, loss included) and backward, and Muon's
+Newton-Schulz iterations are labelled where the optimizer calls them. Every operator's own
+(self) CPU time goes to one part, by the outermost operator or autograd node above it (a conv's
+inner calls count as convolution, the zero-fill in max-pool's backward as pooling):
+
+  convolution (forward and both gradients), batch norm, activation (GELU/SiLU), pooling
+  (max-pool, the global max), linear head, loss, input resize (train_resolution's bilinear
+  downscale), dtype casts (autocast's copies), other element-wise (metrics, argmax, ...),
+  Python in the step (forward and backward time outside any operator), Muon Newton-Schulz
+  (everything inside it), optimizer (the rest of torch's optimizer step: the SGD updates,
+  momentum, filter renormalisation, Python), data and loop (the steps' time outside the
+  optimizer step: batch slicing and augmentation, Lightning's loop, zero_grad, callbacks,
+  logging).
+
+Shares are of the profiled steps' wall time; the profiler's own overhead is in them (it is
+reported: the steps' median with and without the profiler).
+
+    python benchmarks/profile_step.py data.root=data/cifar10-jpeg --threads 2
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as L
+import torch
+from torch.profiler import ProfilerActivity, profile, record_function
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere
+
+from benchmarks.common import parse, parser, run_config, save  # noqa: E402
+from benchmarks.cpu_limit import real_steps  # noqa: E402
+from cifar_lightning import optim  # noqa: E402
+
+FORWARD, BACKWARD, NEWTON_SCHULZ = "phase/forward", "phase/backward", "muon/newton_schulz"
+OPTIMIZER = "Optimizer.step#"  # torch's own range around every optimizer step (the closure too)
+CATEGORIES = (
+    "convolution", "batch norm", "activation", "pooling", "linear head", "loss", "dtype casts",
+    "input resize", "other element-wise", "Python in the step", "Muon Newton-Schulz",
+    "optimizer", "data and loop",
+)  # fmt: skip
+# Parts of operator and autograd-node names (lower case, "_" dropped), matched from the
+# outermost operator inwards, so that a conv's inner calls, or the zero-fill inside max-pool's
+# backward, count with the layer that made them: the first match wins.
+BY_NAME = (
+    ("convolution", ("conv",)),
+    ("batch norm", ("batchnorm",)),
+    ("activation", ("gelu", "silu")),
+    ("pooling", ("maxpool", "amax")),
+    ("input resize", ("upsample", "interpolate")),  # before "linear": upsample_bilinear2d
+    ("linear head", ("::mm", "addmm", "mmbackward", "linear", "matmul", "::bmm")),
+    ("loss", ("crossentropy", "logsoftmax", "nllloss")),
+    ("dtype casts", ("::to", "tocopy", "::copy")),
+)
+
+
+def category(chain: list[str]) -> str:
+    """The part of the step an operator's own time belongs to, from the names of its
+    enclosing events, outermost first, and its own name last."""
+    if NEWTON_SCHULZ in chain:
+        return "Muon Newton-Schulz"
+    inside = [n for n in chain if n in (FORWARD, BACKWARD)]
+    if not inside:
+        return "optimizer"  # in the optimizer step, outside its closure's forward and backward
+    for name in chain[chain.index(inside[-1]) + 1 :]:
+        key = name.lower().replace("_", "")
+        for label, parts in BY_NAME:
+            if any(part in key for part in parts):
+                return label
+    return "other element-wise"
+
+
+class Phases(L.Callback):
+    """Labels each step's forward (the training_step, with the loss) and backward, and runs the
+    profiler over the steps from `start` on (0-based) until `stop`. Both phases run inside
+    torch's optimizer-step range (Lightning's closure), so the ranges nest."""
+
+    def __init__(self, start: int, stop: int) -> None:
+        self.start, self.stop, self.step = start, stop, 0
+        self.prof = profile(activities=[ProfilerActivity.CPU])
+        self.window = 0.0
+        self._backward: Any = None
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        plain = pl_module.training_step
+
+        def labelled(*args: Any, **kwargs: Any) -> Any:
+            with record_function(FORWARD):
+                return plain(*args, **kwargs)
+
+        pl_module.training_step = labelled  # the instance's, for this fit only
+
+    def on_train_batch_start(self, *args: Any) -> None:
+        if self.step == self.start:
+            self.prof.start()
+            self._t0 = time.perf_counter()
+
+    def on_before_backward(self, *args: Any) -> None:
+        self._backward = record_function(BACKWARD)
+        self._backward.__enter__()
+
+    def on_after_backward(self, *args: Any) -> None:
+        self._backward.__exit__(None, None, None)
+
+    def on_train_batch_end(self, *args: Any) -> None:
+        self.step += 1
+        if self.step == self.stop:
+            self.window = time.perf_counter() - self._t0
+            self.prof.stop()
+
+
+def shares(prof: Any, window: float) -> dict[str, float]:
+    """Seconds per category over the profiled steps (their wall time `window`): each event's
+    own (self) time inside an optimizer step, by category(); the rest of the window is the
+    data and the loop."""
+    seconds: dict[str, float] = defaultdict(float)
+    own = {FORWARD: "Python in the step", BACKWARD: "Python in the step",
+           NEWTON_SCHULZ: "Muon Newton-Schulz"}  # fmt: skip
+    in_steps = 0.0
+    for event in prof.events():
+        chain, parent = [event.name], event.cpu_parent
+        while parent is not None:
+            chain.insert(0, parent.name)
+            parent = parent.cpu_parent
+        if not any(n.startswith(OPTIMIZER) for n in chain):
+            continue  # outside the optimizer steps: the data and the loop
+        if event.name.startswith(OPTIMIZER):
+            in_steps += event.cpu_time_total / 1e6
+            seconds["optimizer"] += event.self_cpu_time_total / 1e6
+            continue
+        part = own.get(event.name) or category(chain)
+        seconds[part] += event.self_cpu_time_total / 1e6
+    seconds["data and loop"] = max(0.0, window - in_steps)
+    return {c: seconds.get(c, 0.0) for c in CATEGORIES}
+
+
+@contextlib.contextmanager
+def labelled_newton_schulz() -> Iterator[None]:
+    """Label Muon's orthogonalisation calls in the profile (the optimizer calls the module's
+    function by name) while the block runs."""
+    plain = optim.orthogonalize
+
+    def labelled(*args: Any, **kwargs: Any) -> torch.Tensor:
+        with record_function(NEWTON_SCHULZ):
+            return plain(*args, **kwargs)
+
+    optim.orthogonalize = labelled
+    try:
+        yield
+    finally:
+        optim.orthogonalize = plain
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    p = parser(__doc__, "benchmarks/results/profile_step.json")
+    p.add_argument("--sizes", type=int, nargs="*", help="input sizes (default: the recipe's)")
+    p.add_argument("--steps", type=int, help="steps profiled per size (default: one epoch's)")
+    p.add_argument("--warmup", type=int, default=3, help="steps run before the profiled ones")
+    args = parse(p, argv)
+    rows = {}
+    with (
+        labelled_newton_schulz(),
+        tempfile.TemporaryDirectory() as tmp,
+        run_config(args.experiment, args.overrides, Path(tmp)) as cfg,
+    ):
+        sizes = args.sizes or sorted(set(cfg.module.train_resolution or [32]))
+        for size in sizes:
+            steps = args.steps or _steps_per_epoch(cfg)
+            phases = Phases(args.warmup, args.warmup + steps)
+            times = real_steps(cfg, size, args.warmup + steps, Path(tmp) / f"p{size}", [phases])
+            plain = real_steps(cfg, size, args.warmup + steps, Path(tmp) / f"q{size}")
+            parts = shares(phases.prof, phases.window)
+            total = sum(parts.values())
+            rows[size] = {
+                "steps": steps,
+                "profiled_step_s": statistics.median(times[args.warmup :]),
+                "plain_step_s": statistics.median(plain[args.warmup :]),
+                "seconds": parts,
+                "share": {c: s / total for c, s in parts.items()},
+            }
+    print("| part | " + " | ".join(f"{s}x{s} share" for s in rows) + " |")
+    print("|---|" + "---|" * len(rows))
+    for c in CATEGORIES:
+        print(
+            f"| {c} | " + " | ".join(f"{100 * r['share'][c]:.1f} %" for r in rows.values()) + " |"
+        )
+    for s, r in rows.items():
+        print(f"{s}x{s}: {r['steps']} steps, median step {r['profiled_step_s']:.3f} s profiled, "
+              f"{r['plain_step_s']:.3f} s without the profiler")  # fmt: skip
+    return save({"experiment": args.experiment, "overrides": args.overrides,
+                 "precision": str(cfg.trainer.precision), "per_size": rows}, args.out)  # fmt: skip
+
+
+def _steps_per_epoch(cfg: Any) -> int:
+    images = 50_000 - int(cfg.data.val_size or 0)
+    return -(-images // int(cfg.data.batch_size))
+
+
+if __name__ == "__main__":
+    main()
