@@ -186,6 +186,11 @@ def test_report_out_folder_and_the_no_folder_message(study: Path, tmp_path: Path
         report_main([])
     err = capsys.readouterr().err
     assert "give the run folder(s) to report on" in err and "--group-by" not in err.split(":")[-1]
+    blocked = tmp_path / "a_file"
+    blocked.write_text("")
+    assert report_main([str(study), "--out", str(blocked / "report")]) == 2  # cannot be made
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot write the report into") and "Traceback" not in err
 
 
 def test_a_class_without_test_images_has_no_accuracy(tmp_path: Path, caplog):

@@ -121,3 +121,12 @@ def test_a_retimed_run_must_score_the_same_and_its_time_is_drawn(tmp_path, capsy
     write(first, "S3", 0, 0.8910, 900.0, P7)
     with pytest.raises(selection.UserError, match="a second run of S3 seed 0 scored 89.10 %"):
         selection.collect([again, first])
+
+
+def test_an_output_that_cannot_be_written_is_one_error(tmp_path, capsys):
+    study(tmp_path / "runs", s8_fit=230.0, s2_fit=200.0)
+    (tmp_path / "a_file").write_text("")
+    argv = [str(tmp_path / "runs"), "--reference", "v1", "--finalists", "S8", "--seeds", "1",
+            "2", "--out", str(tmp_path / "a_file" / "decision.json")]  # fmt: skip
+    assert selection.main(argv) == 2
+    assert "error: cannot write" in capsys.readouterr().err

@@ -117,5 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # the report folder cannot be made or written
+        print(f"error: cannot write the report into {out} ({err.strerror or err}); give --out "
+              f"a folder you can write to.", file=sys.stderr)  # fmt: skip
+        return 2
     print(f"\nwrote {out / 'report.md'}")
     return 0

@@ -218,10 +218,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(table(decision))
     print(f"\nchoice: {decision['choice']} ({decision['why']})")
-    if args.out:
-        write_json(args.out, decision)
-    if args.figure:
-        plot_frontier(runs, decision, set(args.untimed), args.figure)
+    try:
+        if args.out:
+            write_json(args.out, decision)
+        if args.figure:
+            plot_frontier(runs, decision, set(args.untimed), args.figure)
+    except OSError as err:
+        print(f"error: cannot write {err.filename or 'the output'} ({err.strerror or err}); "
+              f"give --out and --figure paths you can write to.", file=sys.stderr)  # fmt: skip
+        return 2
     return 0
 
 
