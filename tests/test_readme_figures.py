@@ -12,6 +12,7 @@ import statistics
 import pytest
 from scipy import stats
 
+from cifar_lightning.report import selection
 from cifar_lightning.report.groups import group_runs
 from cifar_lightning.report.runs import find_runs
 from cifar_lightning.report.summary import compare, summarise
@@ -23,6 +24,10 @@ STUDY = [REPO / "docs/optimizer_study/runs" / name
          for name in ("finals", "finals_a2s", "finals_s45", "finals_a2s_s45")]  # fmt: skip
 FAST_CPU_V1 = [
     REPO / f"benchmarks/results/time_to_accuracy_fast_cpu_seed{s}.json" for s in (0, 1, 2)
+]
+SELECTION_2 = [
+    REPO / "docs/fast_cpu/runs/selection-2",
+    REPO / "docs/fast_cpu/runs/selection-2-retime",
 ]
 METRIC_NAMES = {"test acc": "test_acc", "gap": "gap", "val acc": "val_acc"}
 
@@ -82,6 +87,26 @@ def mismatches(readme: str) -> list[str]:
         check(f"fast_cpu_v1 seed {seed} time", shown, f"{t:.1f}")
     mean = statistics.fmean(times)
     check("fast_cpu_v1 mean time", time_row[4], f"{mean:.1f} ({mean / 60:.1f} min)")
+
+    # Selection 2's confirmation, by docs/fast_cpu/selection-2.md's rule.
+    decision = selection.decide(selection.collect(SELECTION_2), "v1", ["S8", "S2"],
+                                [1, 2, 3, 4, 5], 0.30, 0.05, 0.03)  # fmt: skip
+    ref = decision["reference"]
+    [v1_row, *finalist_rows] = table(readme, "| candidate | training FLOPs (x v1) |")
+    check("selection 2 v1 val acc", v1_row[2], f"{ref['val_acc']:.2f}")
+    check("selection 2 v1 fit", v1_row[5], f"{ref['fit_seconds']:.0f}")
+    for row, r in zip(finalist_rows, decision["finalists"], strict=True):
+        name = row[0].split(":")[0]
+        check(f"selection 2 {name} is {r['name']}", name, r["name"])
+        check(f"selection 2 {name} FLOPs", row[1], f"{r['cost'] / ref['cost']:.2f}")
+        check(f"selection 2 {name} val acc", row[2], f"{r['val_acc']:.2f}")
+        diff = f"{r['diff']:+.2f} [{r['ci_low']:+.2f}, {r['ci_high']:+.2f}]"
+        check(f"selection 2 {name} difference", row[3], diff)
+        check(f"selection 2 {name} decision", row[4],
+              f"{'yes' if r['rejected'] else 'no'} ({r['p_holm']:.3f})")  # fmt: skip
+        check(f"selection 2 {name} fit", row[5], f"{r['fit_seconds']:.0f}")
+    check("selection 2 choice", "fast_cpu_v1 stays" if decision["choice"] == "v1" else "?",
+          "fast_cpu_v1 stays" if "**fast_cpu_v1 stays**" in readme else "not said")  # fmt: skip
     return bad
 
 
@@ -93,7 +118,8 @@ def test_readme_figures_are_the_committed_results():
     ("shown", "edited"),
     [("| 76.93 ± 0.28 |", "| 76.95 ± 0.28 |"),  # a study group's test accuracy
      ("| 0.0019 | **0.0087** |", "| 0.0019 | **0.0088** |"),  # a Holm p
-     ("| 90.45 | 90.49 |", "| 90.45 | 90.50 |")],  # a fast_cpu_v1 seed
+     ("| 90.45 | 90.49 |", "| 90.45 | 90.50 |"),  # a fast_cpu_v1 seed
+     ("| 88.93 |", "| 88.95 |")],  # a selection-2 finalist's mean
 )  # fmt: skip
 def test_a_figure_edited_by_hand_is_caught(shown: str, edited: str):
     assert README.count(shown) == 1
