@@ -152,6 +152,14 @@ class StepClock(L.Callback):
         self.times.append(time.perf_counter() - self._start)
 
 
+def training_steps_per_epoch(datamodule: Any) -> int:
+    """How many training steps an epoch of the set-up datamodule has (its loader's own count:
+    the split's size, the batch size and its handling of a last partial batch)."""
+    if datamodule.loader == "device":
+        return len(datamodule.device_batches("train", train=True, device="cpu"))
+    return len(datamodule.train_dataloader())
+
+
 def real_steps(
     cfg: Any, size: int, steps: int, out: Path, extra: Sequence[L.Callback] = ()
 ) -> list[float]:
@@ -195,10 +203,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         batch, epochs = cfg.data.batch_size, cfg.trainer.max_epochs
         sizes_by_epoch = list(cfg.module.train_resolution or [32])
         sizes_by_epoch += [sizes_by_epoch[-1]] * (epochs - len(sizes_by_epoch))
-        if cfg.data.loader == "device":
-            steps_per_epoch = len(datamodule.device_batches("train", train=True, device="cpu"))
-        else:
-            steps_per_epoch = len(datamodule.train_dataloader())
+        steps_per_epoch = training_steps_per_epoch(datamodule)
         layout = torch.channels_last if cfg.module.channels_last else torch.contiguous_format
         y = torch.randint(0, 10, (batch,))
         rows = {}

@@ -42,8 +42,9 @@ from torch.profiler import ProfilerActivity, profile, record_function
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere
 
 from benchmarks.common import parse, parser, run_config, save  # noqa: E402
-from benchmarks.cpu_limit import real_steps  # noqa: E402
+from benchmarks.cpu_limit import real_steps, training_steps_per_epoch  # noqa: E402
 from cifar_lightning import optim  # noqa: E402
+from cifar_lightning.pipeline import build  # noqa: E402
 
 FORWARD, BACKWARD, NEWTON_SCHULZ = "phase/forward", "phase/backward", "muon/newton_schulz"
 OPTIMIZER = "Optimizer.step#"  # torch's own range around every optimizer step (the closure too)
@@ -177,8 +178,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         run_config(args.experiment, args.overrides, Path(tmp)) as cfg,
     ):
         sizes = args.sizes or sorted(set(cfg.module.train_resolution or [32]))
+        steps = args.steps or _steps_per_epoch(cfg)
         for size in sizes:
-            steps = args.steps or _steps_per_epoch(cfg)
             phases = Phases(args.warmup, args.warmup + steps)
             times = real_steps(cfg, size, args.warmup + steps, Path(tmp) / f"p{size}", [phases])
             plain = real_steps(cfg, size, args.warmup + steps, Path(tmp) / f"q{size}")
@@ -205,8 +206,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 def _steps_per_epoch(cfg: Any) -> int:
-    images = 50_000 - int(cfg.data.val_size or 0)
-    return -(-images // int(cfg.data.batch_size))
+    """One epoch's training steps, counted as cpu_limit.py counts them (the data set up)."""
+    datamodule, _ = build(cfg, L.seed_everything(cfg.seed, verbose=False))
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    return training_steps_per_epoch(datamodule)
 
 
 if __name__ == "__main__":

@@ -109,15 +109,18 @@ def decide(
         missing = [s for s in seeds if s not in runs.get(name, {})]
         if missing:
             raise UserError(f"{name}: no run for seed(s) {missing}; the rule needs all {seeds}")
+
+    def means(name: str) -> dict[str, Any]:
+        scored = [runs[name][s] for s in seeds]
+        return {"name": name, "val_acc": statistics.fmean(r.val_acc for r in scored),
+                "fit_seconds": statistics.fmean(r.fit_seconds for r in scored),
+                "cost": scored[0].cost}  # fmt: skip
+
     ref = [runs[reference][s].val_acc for s in seeds]
     rows = []
     for name in finalists:
-        acc = [runs[name][s].val_acc for s in seeds]
-        test = noninferiority(acc, ref, margin)
-        rows.append({"name": name, **asdict(test),
-                     "val_acc": statistics.fmean(acc),
-                     "fit_seconds": statistics.fmean(runs[name][s].fit_seconds for s in seeds),
-                     "cost": runs[name][seeds[0]].cost})  # fmt: skip
+        test = noninferiority([runs[name][s].val_acc for s in seeds], ref, margin)
+        rows.append({**means(name), **asdict(test)})
     adjusted = holm([1.0 if r["p"] is None else r["p"] for r in rows])
     for row, p in zip(rows, adjusted, strict=True):
         row["p_holm"], row["rejected"] = p, p < alpha
@@ -132,12 +135,8 @@ def decide(
                 choice, why = a["name"], f"fit times within {tie:.0%}: the one with fewer FLOPs"
             else:
                 why = "the faster of the finalists shown non-inferior"
-    reference_row = {"name": reference, "val_acc": statistics.fmean(ref),
-                     "fit_seconds": statistics.fmean(runs[reference][s].fit_seconds
-                                                     for s in seeds),
-                     "cost": runs[reference][seeds[0]].cost}  # fmt: skip
     return {"seeds": seeds, "margin_pp": margin, "alpha": alpha, "tie": tie,
-            "reference": reference_row, "finalists": rows,
+            "reference": means(reference), "finalists": rows,
             "choice": choice, "why": why}  # fmt: skip
 
 
