@@ -11,7 +11,6 @@ import functools
 import math
 
 import torch
-from kornia.geometry.transform import get_perspective_transform, get_rotation_matrix2d
 
 SIZE = 32  # CIFAR images are 32x32; the matrices below are built in pixel-index coordinates
 CENTER = (SIZE - 1) / 2  # torchvision rotates about the image centre, pixel index 15.5
@@ -78,12 +77,18 @@ def forward_maps(
                           params["shear_x"], params["shear_y"])  # fmt: skip
         stages.append(a)
     if "corners" in params:
+        # kornia is imported here, not at the top: its import costs up to 0.7 s of start-up and
+        # only the perspective and rotation presets need it (fast94's crops and flips don't).
+        from kornia.geometry.transform import get_perspective_transform
+
         # torchvision solves the homography on corner coordinates in which pixel i spans
         # [i, i + 1]; in pixel-index coordinates (pixel i at i) both point sets move by -0.5.
         start = constant(CORNERS, device).expand(n, 4, 2)
         stages.append(get_perspective_transform(start - 0.5, params["corners"] - 0.5))
     rot = None
     if "rotation" in params:
+        from kornia.geometry.transform import get_rotation_matrix2d
+
         # kornia's positive angle is counter-clockwise, as is torchvision's F.rotate.
         center = torch.full((n, 2), CENTER, device=device)
         r = get_rotation_matrix2d(center, params["rotation"], torch.ones(n, 2, device=device))
