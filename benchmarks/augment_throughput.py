@@ -7,7 +7,9 @@ augmentation seeded by its draw; (b) data.loader=device, its device_batches("tra
 on --device, shuffled, gathered and augmented batch by batch (BatchAugment). Both presets, same
 process. After an untimed pass of each, timed rounds alternate, torchvision then device; a
 round repeats its pass as often as it takes to last at least --min-seconds (sized by one timed
-pass). The ratio is the median of the per-round ratios.
+pass). The ratio is the median of the per-round ratios. Each round prints as it ends: with the
+defaults a run takes at least 80 s (2 presets x 5 rounds x 2 paths x 4 s, plus the untimed
+passes); --images 5120 --repeats 3 --min-seconds 1 is a quick look.
 
     python benchmarks/augment_throughput.py --data-root data/cifar10-jpeg --threads 1
     python benchmarks/augment_throughput.py --device cuda --data-root data/cifar10-jpeg
@@ -52,21 +54,25 @@ def sized_rounds(batches: Iterable, min_seconds: float) -> Callable[[], dict]:
     return lambda: {"passes": count, "seconds": passes(count)}
 
 
-def measure(datamodule: CIFAR10DataModule, args: Any) -> dict[str, Any]:
+def measure(datamodule: CIFAR10DataModule, args: Any, name: str) -> dict[str, Any]:
     """Alternating rounds, torchvision then device: this machine's speed drifts by tens of
     percent within a minute (other tenants), and back-to-back rounds see the same drift, so the
-    ratio is taken per round and its median reported."""
+    ratio is taken per round and its median reported. Each round is printed as it ends (a run
+    lasts minutes: its progress shows)."""
+    print(f"{name}: untimed and sizing passes", flush=True)
     tv_round = sized_rounds(datamodule.train_dataloader(), args.min_seconds)
     device = datamodule.device_batches("train", train=True, device=args.device)
     dev_round = sized_rounds(device, args.min_seconds)
-    tv, dev = [], []
-    for _ in range(args.repeats):
+    n = len(datamodule.train_set)
+    tv, dev, tv_img_s, dev_img_s, ratios = [], [], [], [], []
+    for i in range(args.repeats):
         tv.append(tv_round())
         dev.append(dev_round())
-    n = len(datamodule.train_set)
-    tv_img_s = [n * r["passes"] / r["seconds"] for r in tv]
-    dev_img_s = [n * r["passes"] / r["seconds"] for r in dev]
-    ratios = [d / t for d, t in zip(dev_img_s, tv_img_s, strict=True)]
+        tv_img_s.append(n * tv[-1]["passes"] / tv[-1]["seconds"])
+        dev_img_s.append(n * dev[-1]["passes"] / dev[-1]["seconds"])
+        ratios.append(dev_img_s[-1] / tv_img_s[-1])
+        print(f"{name} round {i + 1}/{args.repeats}: torchvision {tv_img_s[-1]:,.0f} img/s, "
+              f"device {dev_img_s[-1]:,.0f} img/s, {ratios[-1]:.1f}x", flush=True)  # fmt: skip
     return {"torchvision_img_s": statistics.median(tv_img_s),
             "device_img_s": statistics.median(dev_img_s), "ratio": statistics.median(ratios),
             "round_ratios": ratios, "torchvision_rounds": tv, "device_rounds": dev}  # fmt: skip
@@ -95,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                                        augment=preset)  # fmt: skip
         datamodule.prepare_data()
         datamodule.setup("fit")
-        rows.append({"preset": name, **measure(datamodule, args)})
+        rows.append({"preset": name, **measure(datamodule, args, name)})
 
     print(f"{'preset':<10} {'torchvision img/s':>18} {'device img/s':>14} {'ratio':>8}   "
           f"ratio per round")  # fmt: skip

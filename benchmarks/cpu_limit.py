@@ -40,7 +40,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere
 
-from benchmarks.common import parse, parser, run_config, save, spread  # noqa: E402
+from benchmarks.common import now, parse, parser, run_config, save, spread  # noqa: E402
 from cifar_lightning.pipeline import build, build_callbacks, make_trainer  # noqa: E402
 
 TEST_IMAGES = 10_000
@@ -140,16 +140,18 @@ def step_flops(module: L.LightningModule, x: Tensor, y: Tensor, autocast: bool) 
 
 
 class StepClock(L.Callback):
-    """Wall time of each training step, batch start to batch end (the optimizer step included)."""
+    """Wall time of each training step, batch start to batch end (the optimizer step included).
+    On a GPU the clock waits for the queued kernels at both ends (common.now), so that a step's
+    time is its kernels' and not only their launch; steps then cannot overlap."""
 
     def __init__(self) -> None:
         self.times: list[float] = []
 
     def on_train_batch_start(self, *args: Any) -> None:
-        self._start = time.perf_counter()
+        self._start = now()
 
     def on_train_batch_end(self, *args: Any) -> None:
-        self.times.append(time.perf_counter() - self._start)
+        self.times.append(now() - self._start)
 
 
 def training_steps_per_epoch(datamodule: Any) -> int:

@@ -20,7 +20,15 @@ inner calls count as convolution, the zero-fill in max-pool's backward as poolin
 Shares are of the profiled steps' wall time; the profiler's own overhead is in them (it is
 reported: the steps' median with and without the profiler).
 
+On a GPU (the recipe's trainer puts the model there, as fast94's does) the profiler records
+the CUDA kernels too, and each kernel's time goes to the part of the operator that launched it,
+as that operator's own CPU time does; kernels launched outside the optimizer steps
+(augmentation, Lightning's loop, Lookahead) are data and loop. Kernel shares are of the
+profiled steps' kernel time; "GPU busy" is that time over the steps' wall time (the window is
+synchronised at both ends). This CUDA mode has not yet been run on a GPU.
+
     python benchmarks/profile_step.py data.root=data/cifar10-jpeg --threads 2
+    python benchmarks/profile_step.py --experiment fast94 --warmup 5 data.root=data/cifar10-jpeg
 """
 
 from __future__ import annotations
@@ -29,7 +37,6 @@ import contextlib
 import statistics
 import sys
 import tempfile
-import time
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -37,11 +44,12 @@ from typing import Any
 
 import pytorch_lightning as L
 import torch
+from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile, record_function
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere
 
-from benchmarks.common import parse, parser, run_config, save  # noqa: E402
+from benchmarks.common import now, parse, parser, run_config, save  # noqa: E402
 from benchmarks.cpu_limit import real_steps, training_steps_per_epoch  # noqa: E402
 from cifar_lightning import optim  # noqa: E402
 from cifar_lightning.pipeline import build  # noqa: E402
@@ -91,11 +99,15 @@ class Phases(L.Callback):
 
     def __init__(self, start: int, stop: int) -> None:
         self.start, self.stop, self.step = start, stop, 0
-        self.prof = profile(activities=[ProfilerActivity.CPU])
+        self.prof: Any = None
         self.window = 0.0
         self._backward: Any = None
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        activities = [ProfilerActivity.CPU]
+        if pl_module.device.type == "cuda":  # the kernels too
+            activities.append(ProfilerActivity.CUDA)
+        self.prof = profile(activities=activities)
         plain = pl_module.training_step
 
         def labelled(*args: Any, **kwargs: Any) -> Any:
@@ -107,7 +119,7 @@ class Phases(L.Callback):
     def on_train_batch_start(self, *args: Any) -> None:
         if self.step == self.start:
             self.prof.start()
-            self._t0 = time.perf_counter()
+            self._t0 = now()  # on a GPU, after the warm-up's queued kernels
 
     def on_before_backward(self, *args: Any) -> None:
         self._backward = record_function(BACKWARD)
@@ -119,8 +131,26 @@ class Phases(L.Callback):
     def on_train_batch_end(self, *args: Any) -> None:
         self.step += 1
         if self.step == self.stop:
-            self.window = time.perf_counter() - self._t0
+            self.window = now() - self._t0  # on a GPU, once the steps' kernels are done
             self.prof.stop()
+
+
+OWN = {FORWARD: "Python in the step", BACKWARD: "Python in the step",
+       NEWTON_SCHULZ: "Muon Newton-Schulz"}  # fmt: skip
+
+
+def part_of(event: Any) -> str | None:
+    """The part a CPU event's own time (and its own kernels') belongs to: None outside the
+    optimizer steps (the data and the loop, which the callers count as a remainder)."""
+    chain, parent = [event.name], event.cpu_parent
+    while parent is not None:
+        chain.insert(0, parent.name)
+        parent = parent.cpu_parent
+    if not any(n.startswith(OPTIMIZER) for n in chain):
+        return None
+    if event.name.startswith(OPTIMIZER):
+        return "optimizer"
+    return OWN.get(event.name) or category(chain)
 
 
 def shares(prof: Any, window: float) -> dict[str, float]:
@@ -128,23 +158,49 @@ def shares(prof: Any, window: float) -> dict[str, float]:
     own (self) time inside an optimizer step, by category(); the rest of the window is the
     data and the loop."""
     seconds: dict[str, float] = defaultdict(float)
-    own = {FORWARD: "Python in the step", BACKWARD: "Python in the step",
-           NEWTON_SCHULZ: "Muon Newton-Schulz"}  # fmt: skip
     in_steps = 0.0
     for event in prof.events():
-        chain, parent = [event.name], event.cpu_parent
-        while parent is not None:
-            chain.insert(0, parent.name)
-            parent = parent.cpu_parent
-        if not any(n.startswith(OPTIMIZER) for n in chain):
+        if event.device_type != DeviceType.CPU:
+            continue  # a GPU kernel: kernel_shares()
+        part = part_of(event)
+        if part is None:
             continue  # outside the optimizer steps: the data and the loop
         if event.name.startswith(OPTIMIZER):
             in_steps += event.cpu_time_total / 1e6
-            seconds["optimizer"] += event.self_cpu_time_total / 1e6
-            continue
-        part = own.get(event.name) or category(chain)
         seconds[part] += event.self_cpu_time_total / 1e6
     seconds["data and loop"] = max(0.0, window - in_steps)
+    return {c: seconds.get(c, 0.0) for c in CATEGORIES}
+
+
+def is_sync(name: str) -> bool:
+    """A CUDA synchronisation wait that the profiler may record on the GPU's track ("Context
+    Sync", "Stream Sync", "Event Sync", "Stream Wait Event"): waiting, not kernel work."""
+    return name.endswith(" Sync") or name == "Stream Wait Event"
+
+
+def kernel_shares(prof: Any) -> dict[str, float] | None:
+    """GPU kernel seconds per category over the profiled steps, or None without any kernel (a
+    CPU run). The profiler hangs each kernel on the operator that launched it (its `kernels`,
+    not its children's); that operator's part, as for CPU time, gets the kernel's time. All
+    kernels' time less the optimizer steps' is the data and the loop, as the window less the
+    steps is for CPU time."""
+    seconds: dict[str, float] = defaultdict(float)
+    total = in_steps = 0.0
+    for event in prof.events():
+        if event.is_async:
+            continue
+        if event.device_type != DeviceType.CPU:  # a kernel, memcpy or memset on the device
+            if not is_sync(event.name):
+                total += event.time_range.elapsed_us() / 1e6
+            continue
+        part = part_of(event)
+        own = sum(k.duration for k in event.kernels if not is_sync(k.name)) / 1e6
+        if part is not None and own:
+            seconds[part] += own
+            in_steps += own
+    if not total:
+        return None
+    seconds["data and loop"] = max(0.0, total - in_steps)
     return {c: seconds.get(c, 0.0) for c in CATEGORIES}
 
 
@@ -185,22 +241,33 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             plain = real_steps(cfg, size, args.warmup + steps, Path(tmp) / f"q{size}")
             parts = shares(phases.prof, phases.window)
             total = sum(parts.values())
+            kernels = kernel_shares(phases.prof)  # None on a CPU
+            kernel_total = sum(kernels.values()) if kernels else 0.0
             rows[size] = {
                 "steps": steps,
                 "profiled_step_s": statistics.median(times[args.warmup :]),
                 "plain_step_s": statistics.median(plain[args.warmup :]),
                 "seconds": parts,
                 "share": {c: s / total for c, s in parts.items()},
+                "kernel_seconds": kernels,
+                "kernel_share": None
+                if kernels is None
+                else {c: s / kernel_total for c, s in kernels.items()},
+                "gpu_busy": None if kernels is None else kernel_total / phases.window,
             }
-    print("| part | " + " | ".join(f"{s}x{s} share" for s in rows) + " |")
-    print("|---|" + "---|" * len(rows))
+    gpu = all(r["kernel_share"] for r in rows.values())
+    heads = [f"{s}x{s} share" + (f" | {s}x{s} kernel share" if gpu else "") for s in rows]
+    print("| part | " + " | ".join(heads) + " |")
+    print("|---|" + "---|" * len(rows) * (2 if gpu else 1))
     for c in CATEGORIES:
-        print(
-            f"| {c} | " + " | ".join(f"{100 * r['share'][c]:.1f} %" for r in rows.values()) + " |"
-        )
+        cells = [f"{100 * r['share'][c]:.1f} %" + (f" | {100 * r['kernel_share'][c]:.1f} %"
+                 if gpu else "") for r in rows.values()]  # fmt: skip
+        print(f"| {c} | " + " | ".join(cells) + " |")
     for s, r in rows.items():
         print(f"{s}x{s}: {r['steps']} steps, median step {r['profiled_step_s']:.3f} s profiled, "
               f"{r['plain_step_s']:.3f} s without the profiler")  # fmt: skip
+        if r["gpu_busy"] is not None:
+            print(f"{s}x{s}: GPU busy {100 * r['gpu_busy']:.0f} % of the profiled steps' wall time")
     return save({"experiment": args.experiment, "overrides": args.overrides,
                  "precision": str(cfg.trainer.precision), "per_size": rows}, args.out)  # fmt: skip
 

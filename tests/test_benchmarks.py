@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.autograd import DeviceType
+from torch.autograd.profiler_util import EventList, FunctionEvent
 
 from benchmarks import (
     augment_throughput,
@@ -138,7 +140,7 @@ def test_loop_overhead_refuses_recipes_with_validation(folder_root: Path):
         loop_overhead.main([f"data.root={folder_root}", *TINY, "data.val_size=100"])
 
 
-def test_augment_throughput(folder_root: Path, tmp_path: Path):
+def test_augment_throughput(folder_root: Path, tmp_path: Path, capsys):
     r = augment_throughput.main(["--data-root", str(folder_root), "--presets", "standard",
                                  "--images", "100", "--batch-size", "50", "--workers", "0",
                                  "--repeats", "2", "--min-seconds", "0",
@@ -147,6 +149,10 @@ def test_augment_throughput(folder_root: Path, tmp_path: Path):
     assert row["preset"] == "standard" and r["images"] == 100
     assert len(row["round_ratios"]) == 2 and row["ratio"] > 0
     assert all(rnd["passes"] == 1 for rnd in row["device_rounds"])  # --min-seconds 0: one pass
+    # Each round prints as it ends, before the table: a long run shows its progress.
+    out = capsys.readouterr().out
+    rounds = [out.index(f"standard round {i}/2: ") for i in (1, 2)]
+    assert rounds[0] < rounds[1] < out.index("torchvision img/s")
 
 
 def test_wall_time_of_train_py(folder_root: Path, tmp_path: Path, capfd):
@@ -192,7 +198,44 @@ def test_profile_step_puts_the_whole_step_in_named_parts(folder_root: Path, tmp_
                  "optimizer", "data and loop"):  # fmt: skip
         assert row["seconds"][part] > 0, part
     assert r["per_size"][24]["plain_step_s"] > 0
+    assert row["kernel_seconds"] is None and row["gpu_busy"] is None  # no GPU, no kernels
     assert optim.orthogonalize is plain  # the label is taken off again
+
+
+def test_profile_step_gives_kernels_the_part_of_the_operator_that_launched_them():
+    """The CUDA mode's attribution, on hand-made profiler events (no GPU here): a kernel counts
+    with its launching operator's part, kernels outside the optimizer steps and those no
+    operator claims are the data and the loop, synchronisation waits are no kernel time."""
+
+    def event(name, start, end, parent=None, device=DeviceType.CPU, kernels=()):
+        e = FunctionEvent(id=start, name=name, thread=0, start_us=start, end_us=end,
+                          use_device="cuda", device_type=device)  # fmt: skip
+        if parent is not None:
+            e.set_cpu_parent(parent)
+            parent.append_cpu_child(e)
+        for kernel, us in kernels:
+            e.append_kernel(kernel, 0, us)
+        return e
+
+    step = event(profile_step.OPTIMIZER + "SGD.step", 0, 100)
+    forward = event(profile_step.FORWARD, 1, 40, step)
+    conv = event("aten::convolution", 2, 10, forward, kernels=[("conv_kernel", 30)])
+    nested = event("aten::_convolution", 3, 9, conv, kernels=[("conv_inner", 4)])
+    update = event("aten::_foreach_add_", 50, 60, step, kernels=[("foreach", 8)])
+    gather = event("aten::index", 200, 210, kernels=[("gather", 5)])  # outside the steps
+    item = event("aten::_local_scalar_dense", 220, 221, update, kernels=[("Stream Sync", 90)])
+    on_gpu = [event(n, 300, 300 + us, device=DeviceType.CUDA) for n, us in
+              (("conv_kernel", 30), ("conv_inner", 4), ("foreach", 8), ("gather", 5),
+               ("unclaimed", 2), ("Context Sync", 500), ("Stream Sync", 90))]  # fmt: skip
+
+    class Profile:
+        def events(self):
+            return EventList([step, forward, conv, nested, update, gather, item, *on_gpu])
+
+    seconds = profile_step.kernel_shares(Profile())
+    expected = {"convolution": 34e-6, "optimizer": 8e-6, "data and loop": 7e-6}
+    assert {k: v for k, v in seconds.items() if v} == pytest.approx(expected)
+    assert set(seconds) == set(profile_step.CATEGORIES)
 
 
 def test_step_ab_alternates_a_and_b_and_reports_the_ratio(folder_root: Path, tmp_path: Path):
