@@ -37,13 +37,15 @@ class Classifier(L.LightningModule):
         label_smoothing: float = 0.0,
         tta_level: int = 0,
         channels_last: bool = False,
-        compile: bool = False,
+        compile: bool | str = False,
         train_resolution: Sequence[int] | None = None,
     ) -> None:
         """train_resolution: the side length of the training inputs in each epoch (progressive
         resizing; the last entry holds for the remaining epochs). Batches are resized on the
         device, after augmentation; validation and test always see the full images. None: the
-        images' own size throughout."""
+        images' own size throughout. compile: torch.compile the network, in torch's default
+        mode (true) or in the mode named (e.g. "max-autotune", the reference recipes' choice:
+        longer compilation, autotuned kernels and CUDA graphs); false: eager."""
         super().__init__()
         # The network, optimizer and schedule live in the run config stored in each checkpoint;
         # hparams keep the plain values only, so checkpoints load with weights_only=True. Hydra
@@ -80,7 +82,14 @@ class Classifier(L.LightningModule):
         # the module tree: checkpoints hold `net.*` only, whether compiled or not. Static shapes:
         # a run sees a handful of batch shapes (train_resolution's sizes, a last partial eval
         # batch), each compiled once, where a dynamic-shape graph can be slower for all.
-        compiled = torch.compile(net, dynamic=False) if compile else None
+        modes = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+        if not isinstance(compile, bool) and compile not in modes:
+            raise ValueError(
+                f"module.compile: {compile!r} is not true, false or a torch.compile mode; "
+                f"use one of {', '.join(modes)}"
+            )
+        mode = compile if isinstance(compile, str) else None  # None: torch's default mode
+        compiled = torch.compile(net, dynamic=False, mode=mode) if compile else None
         object.__setattr__(self, "_compiled", compiled)
         self.lr: float | None = None  # the LR finder's suggestion, when tune_lr=true
         self.predict_tta_level = 0  # what predict_step evaluates with (see evaluation.score)

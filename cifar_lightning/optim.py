@@ -216,12 +216,17 @@ class Muon(Optimizer):
         filter_lr: float = 0.24,
         filter_momentum: float = 0.6,
         ns_steps: int = 3,
+        ns_compile: bool = False,
     ) -> None:
         defaults = dict(
             lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
             filter_lr=filter_lr, filter_momentum=filter_momentum, ns_steps=ns_steps,
         )  # fmt: skip
         super().__init__(params, defaults)
+        # ns_compile: the Newton-Schulz iteration torch.compile'd (airbench94_muon compiles
+        # it), its elementwise kernels fused around the matmuls; one graph per filter shape.
+        # Not in the groups: an option of this process, not of the saved state.
+        self._compiled_ns = torch.compile(orthogonalize, dynamic=False) if ns_compile else None
 
     @torch.no_grad()
     def step(self, closure=None):  # noqa: ANN001 - torch's signature
@@ -245,7 +250,9 @@ class Muon(Optimizer):
         buf.mul_(m).add_(p.grad)
         grad = p.grad.add(buf, alpha=m)  # Nesterov
         p.mul_(len(p) ** 0.5 / p.norm())
-        update = orthogonalize(grad.reshape(len(grad), -1), group["ns_steps"])
+        # Looked up at each call, not kept: benchmarks/profile_step.py labels it by name.
+        ns = orthogonalize if self._compiled_ns is None else self._compiled_ns
+        update = ns(grad.reshape(len(grad), -1), group["ns_steps"])
         p.add_(update.view_as(p), alpha=-lr)
 
 

@@ -86,6 +86,8 @@ class FastNet(Network):
         norm_bias_lr_scale: float = 1.0,
         whiten_bias_lr_scale: float | None = None,
         activation: str = "gelu",
+        head_std: float | None = None,
+        zero_whiten_bias: bool = True,
     ) -> None:
         """widths: output channels of the conv groups. whiten_bias_epochs: epochs during which
         the whitening layer's bias trains (then it is frozen). scaling: multiplies the logits.
@@ -97,7 +99,11 @@ class FastNet(Network):
         factor (see param_groups). whiten_bias_lr_scale: None, the whitening bias is one of the
         other parameters; a number, it is a group of its own at that lr scale whose learning rate
         decays linearly to zero over whiten_bias_epochs. activation: "gelu" (airbench) or
-        "silu", after the whitening layer and every batch norm."""
+        "silu", after the whitening layer and every batch norm. head_std: None, the head keeps
+        PyTorch's default init; a number, its initial weights are rescaled to exactly that
+        standard deviation (airbench94_muon: std 1 at a 1/256 output scale, i.e. 9/256 at
+        fastnet's 1/9). zero_whiten_bias: the whitening bias starts at zero (airbench94);
+        false keeps PyTorch's default draw, uniform in +-1/sqrt(12) (airbench94_muon)."""
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ValueError(
@@ -116,7 +122,8 @@ class FastNet(Network):
         k = 2
         self.whiten = nn.Conv2d(3, 2 * 3 * k * k, k, padding=0, bias=True)
         self.whiten.weight.requires_grad_(False)  # set by init_whitening, never trained
-        nn.init.zeros_(self.whiten.bias)
+        if zero_whiten_bias:  # drawn by nn.Conv2d either way: the later draws do not move
+            nn.init.zeros_(self.whiten.bias)
         # Whether init_whitening has run; in the state dict, so a loaded checkpoint says so too.
         self.register_buffer("whitened", torch.zeros((), dtype=torch.bool))
 
@@ -127,6 +134,11 @@ class FastNet(Network):
             c_in = c_out
         self.groups = nn.Sequential(*groups)
         self.head = nn.Linear(c_in, num_classes, bias=False)
+        if head_std is not None:
+            # The default draw, rescaled: no extra random numbers, so the other layers' initial
+            # weights are the same draw with or without it.
+            with torch.no_grad():
+                self.head.weight.mul_(head_std / self.head.weight.std())
 
     @torch.no_grad()
     def init_whitening(self, images: Tensor, chunk_size: int = 1000) -> None:
