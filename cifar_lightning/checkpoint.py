@@ -38,6 +38,10 @@ RESUME_FREE_MODULE_KEYS = ("label_smoothing", "tta_level", "train_resolution", "
 # With a schedule: the settings that give the run's length in steps, which the schedule's
 # saved state was sized for (OneCycleLR fails past it; cosine would rise again, linear stay 0).
 RESUME_LENGTH_KEYS = ("max_epochs", "max_steps", "limit_train_batches", "accumulate_grad_batches")
+# A run config without one of them ran as Lightning runs without it (conf/trainer/default.yaml
+# did not always list max_steps): an absent key equals Lightning's default (all batches: 1.0).
+LIGHTNING_DEFAULTS = {"max_epochs": None, "max_steps": -1, "limit_train_batches": 1.0,
+                      "accumulate_grad_batches": 1}  # fmt: skip
 _ABSENT = object()
 
 
@@ -146,7 +150,9 @@ def _resume_settings(cfg: Mapping, scheduled: bool) -> dict[str, Any]:
         kept = {k: v for k, v in module.items() if k not in RESUME_FREE_MODULE_KEYS}
         out.update(_flat(kept, "module"))
     if scheduled and isinstance(trainer, Mapping):
-        out.update({f"trainer.{k}": trainer.get(k, _ABSENT) for k in RESUME_LENGTH_KEYS})
+        out.update(
+            {f"trainer.{k}": trainer.get(k, LIGHTNING_DEFAULTS[k]) for k in RESUME_LENGTH_KEYS}
+        )
     out["seed"] = _plain(cfg, "seed")
     return out
 

@@ -144,3 +144,20 @@ def check_optimizer(cfg: DictConfig) -> None:
             f"the {key} settings are not valid: {err}. Fix them on the command line "
             f"(python train.py --cfg job -p {key} shows them)."
         ) from err
+
+
+def check_health(cfg: DictConfig) -> None:
+    """The `health` node is a health check's settings (with its `_target_`) or null (health=off).
+    Settings without a `_target_` come from `health.*` keys set on top of health=off (by a
+    recipe, or on the command line with `+health.KEY=...`): Hydra's instantiate would hand back
+    a plain dict, which Lightning refuses mid-set-up as a callback it cannot use."""
+    node = cfg.get("health")
+    if node is None or (isinstance(node, Mapping) and "_target_" in node):
+        return
+    keys = ", ".join(f"health.{k}" for k in node) if isinstance(node, Mapping) else repr(node)
+    raise UserError(
+        f"the health settings ({keys}) configure no health check: health=off switched the "
+        f"checks off, but these keys were set on top. Keep health=off and drop them, or choose "
+        f"a health option (conf/health/) and set the keys on it, e.g. health=default "
+        f"health.loss_window_steps=40."
+    )

@@ -13,11 +13,12 @@ import pytorch_lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar
+from pytorch_lightning.callbacks import Checkpoint, ModelCheckpoint, ProgressBar
 
 from cifar_lightning import (
     checkpoint,
     config_checks,
+    matmul,
     memory,
     provenance,
     results,
@@ -62,10 +63,14 @@ def build_callbacks(
     returns the health check and the best-by-validation checkpoint callback (None without a
     validation split)."""
     callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c is not None]
-    if not cfg.trainer.get("enable_progress_bar", True):
-        # Lightning refuses a progress bar callback with the bar switched off: the switch wins.
+    # Lightning refuses a progress bar or checkpoint callback with its switch off: the switch
+    # wins, as a Lightning user expects (no bar; no checkpoint file written during the fit).
+    if cfg.trainer.get("enable_progress_bar") is False:  # null: on, as in Lightning
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    if cfg.trainer.get("enable_checkpointing") is False:  # null: on, as in Lightning
+        callbacks = [c for c in callbacks if not isinstance(c, Checkpoint)]
     callbacks += extra() if extra is not None else []
+    config_checks.check_health(cfg)
     health = instantiate(cfg.health)
     if health is not None:
         callbacks.append(health)
@@ -77,16 +82,24 @@ def build_callbacks(
 
 
 def make_trainer(
-    trainer_cfg: DictConfig, logger_cfg: DictConfig | None, callbacks: list[L.Callback], out: Path
+    trainer_cfg: DictConfig,
+    logger_cfg: DictConfig | None,
+    callbacks: list[L.Callback],
+    out: Path,
+    matmul_precision: str | None = None,
 ) -> L.Trainer:
+    """The Trainer, and torch's float32 matmul precision for its device (matmul.apply; None:
+    torch's setting left as it is)."""
     loggers = [instantiate(c) for c in (logger_cfg or {}).values()]
-    return instantiate(
+    trainer = instantiate(
         trainer_cfg,
         callbacks=callbacks,
         logger=loggers,
         default_root_dir=out,
         plugins=[checkpoint.AtomicCheckpointIO(), *cluster_plugins()],
     )
+    matmul.apply(matmul_precision, trainer)
+    return trainer
 
 
 def cluster_plugins() -> list[Any]:
@@ -225,7 +238,7 @@ def train(cfg: DictConfig, extra_callbacks: ExtraCallbacks | None = None) -> flo
     config_checks.check_optimizer(cfg)
 
     callbacks, health, ckpt_cb = build_callbacks(cfg, datamodule, extra_callbacks)
-    trainer = make_trainer(cfg.trainer, cfg.logger, callbacks, out)
+    trainer = make_trainer(cfg.trainer, cfg.logger, callbacks, out, cfg.get("matmul_precision"))
 
     fit_seconds, train_metrics = None, {}
     if cfg.train and cfg.tune_lr:
@@ -309,6 +322,7 @@ def evaluate(cfg: DictConfig) -> float:
     for state in ckpt.get("callbacks", {}).values():
         if state.get("monitor") is not None and state.get("best_model_score") is not None:
             best_val = float(state["best_model_score"])
+    config_checks.check_health(cfg)
     health = instantiate(cfg.health)
     if health is not None:
         health.reference_acc = best_val  # what the model showed when it was trained
@@ -316,7 +330,8 @@ def evaluate(cfg: DictConfig) -> float:
     for key, value in cfg.trainer.items():  # the device may differ from the training run's
         if value is not None:
             trainer_cfg[key] = value
-    trainer = make_trainer(trainer_cfg, cfg.logger, [health] if health is not None else [], out)
+    trainer = make_trainer(trainer_cfg, cfg.logger, [health] if health is not None else [], out,
+                           run_cfg.get("matmul_precision"))  # fmt: skip
     datamodule.setup("test")
     test = run_test(trainer, module, datamodule)
     figures = after_fit_figures(trainer, module, datamodule, test)

@@ -260,6 +260,18 @@ def test_with_a_schedule_the_run_length_must_stay():
     checkpoint.check_resume(stored(), compose_train("trainer.max_epochs=20"), "last.ckpt")
 
 
+def test_a_length_key_the_old_run_config_lacks_counts_as_lightnings_default():
+    # Checkpoints written before conf/trainer/default.yaml listed max_steps: -1 (and the other
+    # length keys) at Lightning's default.
+    old = stored("scheduler=onecycle")
+    for key in ("max_steps", "limit_train_batches", "accumulate_grad_batches"):
+        del old["run_config"]["trainer"][key]
+    checkpoint.check_resume(old, compose_train("scheduler=onecycle"), "last.ckpt")
+    with pytest.raises(UserError, match="trainer.max_steps: -1 → 100"):
+        checkpoint.check_resume(old, compose_train("scheduler=onecycle", "trainer.max_steps=100"),
+                                "last.ckpt")  # fmt: skip
+
+
 # --- 4. every bad setting is one `error:` line and exit status 2 -----------------------------
 
 
@@ -307,6 +319,8 @@ BAD_SETTINGS = [
     (["+model.foo=1"], "unexpected keyword argument 'foo'"),
     (["model.dropout=2"], "cannot build model"),
     (["data.download=false"], "CIFAR-10 is not under"),  # data.root: a folder without data
+    (["matmul_precision=fast"], "matmul_precision='fast' is not an option: use auto"),
+    (["health=off", "+health.loss_window_steps=40"], "configure no health check"),
     pytest.param(["trainer=gpu"], "with trainer=cpu", marks=NO_GPU),
     pytest.param(["experiment=fast94"], "experiment=fast_cpu", marks=NO_GPU),
 ]

@@ -235,7 +235,7 @@ def test_switching_the_progress_bar_off_drops_the_configs_bar(folder_root: Path,
     from tests.conftest import task_config
 
     for shown in (True, False):
-        overrides = [f"data.root={folder_root}", f"+trainer.enable_progress_bar={shown}"]
+        overrides = [f"data.root={folder_root}", f"trainer.enable_progress_bar={shown}"]
         with task_config("train", overrides, tmp_path / str(shown)) as cfg:
             datamodule, _ = build(cfg, 0)
             callbacks, _, _ = build_callbacks(cfg, datamodule)

@@ -223,11 +223,15 @@ class CIFAR10DataModule(L.LightningDataModule):
         self.fingerprint = splits.fingerprint
 
     def _options(self) -> dict[str, Any]:
+        # Pinned batches when the trainer is on CUDA: Lightning copies them non_blocking, so the
+        # copy overlaps the step (on a CPU trainer pinning only costs memory).
+        trainer = self.trainer
+        on_cuda = trainer is not None and trainer.strategy.root_device.type == "cuda"
         return {
             "num_workers": self.num_workers,
             "persistent_workers": self.num_workers > 0,
             "multiprocessing_context": worker_start_method() if self.num_workers > 0 else None,
-            "pin_memory": torch.cuda.is_available(),
+            "pin_memory": on_cuda,
             # Its own generator: creating an iterator then never draws from the global random
             # stream, which a resumed run must find exactly where the interrupted one left it.
             "generator": torch.Generator(),
