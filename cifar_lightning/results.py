@@ -1,4 +1,5 @@
-"""What a run leaves behind: results.json and the confusion matrix; reading its overrides.
+"""What a run leaves behind: results.json, the confusion matrix and per-image test correctness;
+reading its overrides.
 
 The console report of a test (`Total Accuracy`) is cifar_lightning/report/console.py.
 """
@@ -10,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from cifar_lightning.fileio import atomic_write, write_json
@@ -17,6 +19,9 @@ from cifar_lightning.fileio import atomic_write, write_json
 log = logging.getLogger("cifar_lightning")
 
 RESULTS_NAME = "results.json"
+# Per-image correctness of the tested model: a bool array, one entry per test image in the test
+# split's order (numpy's .npy), for the report's test-set sampling error of a difference.
+CORRECT_NAME = "test_correct.npy"
 # What selects between runs (a sweeper's objective, the report's best run), first found first:
 # val_acc, the tested checkpoint on the validation split with the run's TTA; best_val_acc, the
 # best per-epoch val/acc (no TTA), for results.json written before val_acc existed.
@@ -67,9 +72,21 @@ def plot_confusion(matrix: Sequence[Sequence[int]], names: Sequence[str], path: 
     plt.close(fig)
 
 
-def save(out_dir: Path, results: dict[str, Any], confusion: Sequence[Sequence[int]] | None) -> None:
-    """results.json, and the test's confusion matrix when there was a test."""
+def save(
+    out_dir: Path,
+    results: dict[str, Any],
+    confusion: Sequence[Sequence[int]] | None,
+    correct: np.ndarray | None = None,
+) -> None:
+    """results.json, and when there was a test its confusion matrix and per-image correctness
+    (CORRECT_NAME; none when the ranks' shares did not cover the first test images exactly).
+    results.json comes last: a run folder that has it has the others."""
     if confusion is not None:
         plot_confusion(confusion, list(results["per_class_acc"]), out_dir / "confusion_matrix.png")
+    if correct is not None:
+        flags = np.asarray(correct, dtype=bool)
+        atomic_write(out_dir / CORRECT_NAME, lambda f: np.save(f, flags, allow_pickle=False))
+    else:
+        (out_dir / CORRECT_NAME).unlink(missing_ok=True)  # an earlier test's, in this folder
     write_json(out_dir / RESULTS_NAME, results)
     log.info("results: %s", out_dir / RESULTS_NAME)

@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from cifar_lightning.report import stats, tables
+from cifar_lightning.report import stats, tables, testset
 from cifar_lightning.report.cli import main as report_main
 from cifar_lightning.report.console import print_report
 from cifar_lightning.report.groups import group_runs
 from cifar_lightning.report.runs import find_runs
-from cifar_lightning.report.summary import compare, per_class_means, run_intervals
+from cifar_lightning.report.summary import compare, per_class_means, run_intervals, sampling_errors
+from cifar_lightning.results import CORRECT_NAME
 from tests.conftest import REPO
 from tests.test_report_stats import PROV, make_run, results, write_study
 
@@ -214,3 +215,83 @@ def test_a_constant_difference_in_float32_is_no_test_not_a_tiny_p():
     assert d.p is None and d.note == "no variance" and d.diff == pytest.approx(0.0012, abs=1e-6)
     assert stats.welch([0.5, 0.5], [float(np.float32(0.5)), 0.5]).note == "no variance"
     assert stats.paired([0.9, 0.91, 0.95], [0.8, 0.81, 0.82]).p is not None  # real spread
+
+
+def test_the_worst_case_bound_and_its_z_by_hand():
+    # Adam 76.93 % and SGD+Nesterov 78.27 % on the same 10,000 images: errors 0.2307 + 0.2173.
+    se = testset.bound(0.7693, 0.7827, 10_000)
+    assert se == pytest.approx(math.sqrt(0.448 / 10_000))  # 0.669 pp
+    assert testset.two_sided_p(-0.0134 / se) == pytest.approx(0.045, abs=5e-4)
+    with pytest.raises(ValueError, match="accuracies in 0..1"):
+        testset.bound(1.2, 0.5, 100)
+    # The bound holds: disagreements can be no more than the images either gets wrong.
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        a, b = rng.random(500) < rng.uniform(0.5, 0.95), rng.random(500) < rng.uniform(0.5, 0.95)
+        exact = (a.astype(float) - b).std(ddof=0) / math.sqrt(500)
+        assert exact <= testset.bound(a.mean(), b.mean(), 500) + 1e-12
+
+
+def simulate(rng: np.random.Generator, n: int, k: int, image_sd: float, seed_sd: float,
+             cell_sd: float) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Two groups' (seeds, images) correctness on n images drawn afresh from a population and k
+    seed pairs drawn afresh: a shared image difficulty, an image effect of its own for B, a
+    seed effect per seed (shared by the pair), an image-by-seed effect per run."""
+    shared = rng.normal(0, 1.5, n)  # both fail the hard images
+    own = rng.normal(0, image_sd, n)
+    seed = rng.normal(0, seed_sd, (k, 1))
+    logit_a = 1.2 + shared + seed + rng.normal(0, cell_sd, (k, n))
+    logit_b = 1.0 + shared + own - seed + rng.normal(0, cell_sd, (k, n))  # the pair moves apart
+    draw = lambda logit: rng.random(logit.shape) < 1 / (1 + np.exp(-logit))  # noqa: E731
+    return draw(logit_a), draw(logit_b)
+
+
+def test_both_sources_match_the_spread_over_fresh_test_sets_and_seeds():
+    """Over 300 fresh test sets and seed draws per case, the estimated variance of the
+    difference of seed means matches its actual spread; each wrong way (the images alone, the
+    seeds alone, both added with the image-by-seed part twice) misses it in some case."""
+    rng = np.random.default_rng(1)
+    cases = [(1.0, 0.0, 0.3),  # the images dominate; no seed effect, the cells count twice
+             (0.3, 0.25, 0.3),  # the seeds dominate: the images alone are far too small
+             (0.5, 0.1, 1.0)]  # a large image-by-seed part  # fmt: skip
+    wrong: dict[str, list[float]] = {"images": [], "seeds": [], "added": []}
+    for image_sd, seed_sd, cell_sd in cases:
+        parts = [testset.components(*simulate(rng, 2000, 5, image_sd, seed_sd, cell_sd),
+                                    paired=True) for _ in range(300)]  # fmt: skip
+        truth = np.var([c.diff for c in parts], ddof=1)
+        assert np.mean([c.se_both**2 for c in parts]) / truth == pytest.approx(1, abs=0.2)
+        wrong["images"].append(np.mean([c.images for c in parts]) / truth)
+        wrong["seeds"].append(np.mean([c.seeds for c in parts]) / truth)
+        wrong["added"].append(np.mean([c.images + c.seeds for c in parts]) / truth)
+    for way, ratios in wrong.items():
+        assert max(abs(r - 1) for r in ratios) > 0.3, (way, ratios)
+
+
+def test_the_report_uses_per_image_correctness_when_every_run_has_it(tmp_path: Path, capsys):
+    rng = np.random.default_rng(2)
+    a, b = simulate(rng, 400, 3, 0.5, 0.1, 0.5)
+    for opt, table in (("adam", a), ("sgd", b)):
+        for seed, flags in enumerate(table):
+            run = make_run(tmp_path, [f"optimizer={opt}", f"seed={seed}"],
+                           results(float(flags.mean()), seed=seed, test_images=400))  # fmt: skip
+            np.save(run / CORRECT_NAME, flags)
+    grouping = group_runs(find_runs([tmp_path]), ["optimizer"])
+    [error] = sampling_errors(grouping, compare(grouping))
+    c = testset.components(a, b, paired=True)
+    assert (error.method, error.images) == ("per-image", 400)
+    assert error.se_both == pytest.approx(c.se_both) and error.diff == pytest.approx(c.diff)
+    [test_acc] = [c for c in compare(grouping) if c.metric == "test_acc"]
+    assert error.se_seeds == pytest.approx(test_acc.result.se)  # the paired test's
+    assert report_main([str(tmp_path), "--group-by", "optimizer"]) == 0
+    text = (tmp_path / "report.md").read_text()
+    assert f"| {100 * c.se_images:.2f} | z " in text and "per-image correctness |" in text
+    # One run without its file: the bound, and the report says why.
+    (tmp_path / "optimizer=sgd,seed=1" / CORRECT_NAME).unlink()
+    [error] = sampling_errors(grouping := group_runs(find_runs([tmp_path]), ["optimizer"]),
+                             compare(grouping))  # fmt: skip
+    assert error.method == "bound" and error.note == "1 of 6 runs keep no per-image correctness"
+    assert error.se_images == pytest.approx(testset.bound(a.mean(), b.mean(), 400), rel=1e-5)
+    # A file that is not the run's test is one clear error, not a silent use.
+    np.save(tmp_path / "optimizer=sgd,seed=1" / CORRECT_NAME, ~b[1])
+    assert report_main([str(tmp_path), "--group-by", "optimizer"]) == 2
+    assert "not this run's test" in capsys.readouterr().err

@@ -164,7 +164,12 @@ def test_group_statistics_and_pairwise_tests_of_a_study(study: Path, capsys):
     # Per-class table: results() gives every class the run's test accuracy.
     adamw = statistics.fmean(STUDY["adamw"][0])
     assert f"| adamw | {100 * adamw:.1f} | {100 * adamw:.1f} |" in text
-    assert f"| adam | sgd_nesterov | test acc | paired (3 seeds) | {100 * diff:+.2f} [" in text
+    r = statistics.correlation(STUDY["adam"][0], STUDY["sgd_nesterov"][0])  # the pairs' r
+    assert comparisons[1].result.r == pytest.approx(r)
+    assert (
+        f"| adam | sgd_nesterov | test acc | paired (3 seeds) | {r:+.2f} | {100 * diff:+.2f} ["
+        in text
+    )
     assert "Holm over the 3 pairs of test acc;" in text
     assert "| adam | adamw | gap (clean train − plain test) |" in text
     assert "WARNING" not in text + capsys.readouterr().out

@@ -1,10 +1,10 @@
 """Summarise runs into a report: python -m cifar_lightning.report PATH [PATH ...] [options]
 
 PATH is a multirun folder or any folder of runs (the report goes into the first PATH, or into
---out). Reads only the outputs contract of train.py: `.hydra/` configs, `results.json` and
-`metrics.csv`. Writes `report.md`, `summary.csv`, `curves.png`, `per_class_heatmap.png`,
-`best_confusion_matrix.png` (of the best run by validation accuracy) and, with --versus,
-`val_acc_versus.png`, and prints the tables.
+--out). Reads only the outputs contract of train.py: `.hydra/` configs, `results.json`,
+`metrics.csv` and, where a run has it, `test_correct.npy`. Writes `report.md`, `summary.csv`,
+`curves.png`, `per_class_heatmap.png`, `best_confusion_matrix.png` (of the best run by
+validation accuracy) and, with --versus, `val_acc_versus.png`, and prints the tables.
 
 Per group: n, mean ± 95 % t confidence interval over seeds of validation accuracy (the tested
 checkpoint, with TTA), test accuracy, clean training accuracy, their gap and the best per-epoch
@@ -13,7 +13,9 @@ mean per-class test accuracy (table and heatmap). Between groups: the difference
 its 95 % interval and p, paired over seeds where every seed of one group has its twin in the
 other, else Welch's; Holm-corrected over the family --holm-over names. Per run: the Wilson
 95 % interval of its test accuracy, the test set's sampling error that the seed interval
-leaves out.
+leaves out; per test-accuracy comparison, that error in the difference (from the runs'
+test_correct.npy where every run has one, else its worst case) with z and p, alone and with
+the seed error.
 A WARNING when the runs differ in code commit, dirty state, data or device. Runs without
 results.json are listed as failed or incomplete, never dropped silently.
 """

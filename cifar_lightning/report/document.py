@@ -11,17 +11,28 @@ from cifar_lightning.report import origin, plots, tables
 from cifar_lightning.report.groups import group_runs, split_keys
 from cifar_lightning.report.runs import Run, best_run, find_runs, selection_key
 from cifar_lightning.report.stats import CONFIDENCE
-from cifar_lightning.report.summary import compare, per_class_means, run_intervals, summarise
+from cifar_lightning.report.summary import (
+    compare,
+    per_class_means,
+    run_intervals,
+    sampling_errors,
+    summarise,
+)
+from cifar_lightning.results import CORRECT_NAME
 
 VERSUS = "val_acc_versus.png"
 NO_VALIDATION = "no validation split: no best run is picked"
 PAIRWISE_NOTE = (
     "Between every two groups, per metric: the difference of means (A − B) with its "
     f"{100 * CONFIDENCE:.0f} % confidence interval and the two-sided p of no difference. Runs "
-    "of two groups with the same seed share their initialisation and data order, so where every "
-    "seed of one group has its twin in the other the test is paired: a t-test on the per-seed "
-    "differences (over the seeds both have; the interval is the t interval of the mean "
-    "difference). Otherwise Welch's t-test (unequal variances; Welch-Satterthwaite interval). "
+    "of two groups with the same seed share their initialisation and data order, so the groups "
+    "are not independent samples, as Welch's test assumes: where every seed of one group has its "
+    "twin in the other the test is paired, a t-test on the per-seed differences (over the seeds "
+    "both have; the interval is the t interval of the mean difference). Its noise is the spread "
+    "of those differences, right whether the two groups' figures move together from seed to "
+    "seed (Welch would then overstate the noise) or against each other (Welch would understate "
+    "it); r, their correlation over the seeds, says which. Otherwise Welch's t-test (unequal "
+    "variances; Welch-Satterthwaite interval). "
     "Holm p: Holm's step-down correction over the family named below the table (it controls "
     "the family-wise error rate at the level you read it against; --holm-over chooses the "
     "family). A comparison with fewer than two runs on a side has no test: such comparisons "
@@ -34,6 +45,16 @@ SAMPLING_NOTE = (
     "claim that a recipe reaches X % on images of this kind (not only on these) must allow for "
     "both. Per run, the Wilson "
     f"{100 * CONFIDENCE:.0f} % interval of its test accuracy (k of n images correct):"
+)
+DIFFERENCE_NOTE = (
+    "The same error enters a difference between two groups scored on the same test images, and "
+    "the pairwise tests above leave it out too. Per test-accuracy comparison: its standard error "
+    f"over test images, from every run's per-image correctness ({CORRECT_NAME}; images and "
+    "seeds as crossed random effects, the image-by-seed residual counted once) or, where a run "
+    "kept none, its worst case for two groups scored on the same n images, √((e_A + e_B) / n) "
+    "with e the mean error rates (≤: the true error is smaller unless the groups never fail on "
+    "the same image); then with the seed error added (the bound: √(seed SE² + bound²)). z and "
+    "p: normal approximation, two-sided."
 )
 
 
@@ -88,6 +109,9 @@ def write_report(
     intervals = run_intervals(grouping)
     sampling = ([SAMPLING_NOTE, "", tables.interval_table(intervals, grouping.column, out), "",
                  *tables.sampling_notes(rows, intervals)] if intervals else [])  # fmt: skip
+    errors = sampling_errors(grouping, comparisons)
+    if errors:
+        sampling += ["", DIFFERENCE_NOTE, "", tables.sampling_error_table(errors)]
     warnings = origin.warnings(runs)
 
     out.mkdir(parents=True, exist_ok=True)

@@ -15,9 +15,11 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
-from cifar_lightning.results import RESULTS_NAME, SELECTION_KEYS, read_overrides
+from cifar_lightning.errors import UserError
+from cifar_lightning.results import CORRECT_NAME, RESULTS_NAME, SELECTION_KEYS, read_overrides
 
 # What a group averages over.
 # val_acc: the tested checkpoint on the validation split, with the run's TTA (the selection
@@ -91,6 +93,29 @@ class Run:
         whole = self.value("trainer.limit_test_batches") in (None, "1.0")  # an int 1: one batch
         whole = whole and self.value("trainer.fast_dev_run") in (None, "False", "false", "0")
         return split if whole else None
+
+    @cached_property
+    def correct(self) -> np.ndarray | None:
+        """Per-image correctness of the tested checkpoint (results.CORRECT_NAME: one bool per
+        test image, in the test split's order); None when the run kept none. A file that is not
+        the test_acc and test_images of its results.json is an error, not silently used."""
+        path = self.path / CORRECT_NAME
+        acc = self.metric("test_acc")
+        if acc is None or not path.is_file():
+            return None
+        try:
+            flags = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as err:
+            raise UserError(f"{path} is unreadable ({err}): delete it, and the report bounds "
+                            f"the test-set error without it.") from None  # fmt: skip
+        n = self.test_images
+        if (flags.dtype != bool or flags.ndim != 1 or not len(flags) or n not in (None, len(flags))
+                or abs(flags.mean() - acc) * len(flags) > 0.01):  # fmt: skip
+            raise UserError(f"{path} holds {flags.dtype} {flags.shape}, {int(flags.sum())} "
+                            f"correct, but results.json says test_acc {acc:.6f} of "
+                            f"{n or 'unknown'} images: not this run's test. Delete it, and the "
+                            f"report bounds the test-set error without it.")  # fmt: skip
+        return flags
 
     def metric(self, name: str) -> float | None:
         """One figure of the run (see METRICS; any other results.json number by its key)."""

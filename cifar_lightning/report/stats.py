@@ -6,10 +6,17 @@ paired one-sided non-inferiority test with a margin.
 A group of n runs differing only in the seed is treated as n draws of the training randomness;
 the intervals and tests assume roughly normal per-run figures, which holds better for
 accuracies of many test images than for tiny test sets. With n < 2 there is no spread to
-estimate: std, interval and tests are None. Runs of two groups with the same seed share their
-initialisation and data order (pipeline.py seeds before building), so their figures are
-correlated: a paired test on the per-seed differences removes what the seed contributes to
-both, and Welch's test, which assumes independent groups, would overstate the noise.
+estimate: std, interval and tests are None.
+
+Why paired where runs share seeds: runs of two groups with the same seed share their
+initialisation and data order (pipeline.py seeds before building), so the two groups are not
+independent samples, which Welch's test assumes. Their figures may move together or against
+each other from seed to seed (in the optimizer study's pairs the correlation runs from −0.93
+to +0.91): Welch's test then overstates the noise of the difference when they move together
+and understates it when they move apart. The paired test looks only at the per-seed
+differences, whose spread is the noise of the difference whatever that correlation is, so it
+is right either way; paired() reports the correlation (r) for the reader to see which case
+holds.
 """
 
 from __future__ import annotations
@@ -67,19 +74,32 @@ class Difference:
     ci_high: float | None
     p: float | None
     note: str = ""
+    se: float | None = None  # the standard error of diff the t-test used
+    r: float | None = None  # paired: Pearson's correlation of the pairs (None without spread)
 
 
 def _untestable(test: str, pairs: int, diff: float, note: str) -> Difference:
     return Difference(test, pairs, diff, None, None, None, note)
 
 
-def _result(test: str, pairs: int, diff: float, result: Any, confidence: float) -> Difference:
-    """A scipy t-test result as a Difference: its p and its interval of the difference."""
+def _result(
+    test: str, pairs: int, diff: float, result: Any, confidence: float, r: float | None = None
+) -> Difference:
+    """A scipy t-test result as a Difference: its p, its interval and standard error."""
     p = float(result.pvalue)
     if math.isnan(p):
         return _untestable(test, pairs, diff, "no variance")
     ci = result.confidence_interval(confidence)
-    return Difference(test, pairs, diff, float(ci.low), float(ci.high), p)
+    se = abs(diff / float(result.statistic)) if result.statistic else None
+    return Difference(test, pairs, diff, float(ci.low), float(ci.high), p, se=se, r=r)
+
+
+def correlation(a: Sequence[float], b: Sequence[float]) -> float | None:
+    """Pearson's r of paired figures; None with fewer than three pairs (two points always lie
+    on a line: r = ±1 says nothing) or when either side does not vary."""
+    if len(a) < 3 or _flat(a, [*a, *b]) or _flat(b, [*a, *b]):
+        return None
+    return statistics.correlation(a, b)
 
 
 # Spread below this, relative to the figures' size, is rounding, not variation: accuracies come
@@ -113,7 +133,7 @@ def paired(a: Sequence[float], b: Sequence[float], confidence: float = CONFIDENC
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # near-identical values: precision notes
         result = stats.ttest_rel(a, b)
-    return _result(PAIRED, n, diff, result, confidence)
+    return _result(PAIRED, n, diff, result, confidence, correlation(a, b))
 
 
 def welch(a: Sequence[float], b: Sequence[float], confidence: float = CONFIDENCE) -> Difference:

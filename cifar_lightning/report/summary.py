@@ -9,7 +9,10 @@ from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
 
+import numpy as np
+
 from cifar_lightning.errors import UserError
+from cifar_lightning.report import testset
 from cifar_lightning.report.groups import Grouping
 from cifar_lightning.report.runs import METRICS, Run
 from cifar_lightning.report.stats import Difference, Summary, describe, holm, paired, welch, wilson
@@ -146,14 +149,26 @@ def by_seed(runs: list[Run], metric: str) -> dict[int, float] | None:
     return found
 
 
-def difference(a: list[Run], b: list[Run], metric: str) -> Difference:
-    """Paired over seeds when every seed of one group has its twin in the other (at least two
-    pairs; the other group's extra seeds are left out), else Welch's test over all runs."""
+def twins(a: list[Run], b: list[Run], metric: str) -> tuple[list[Run], list[Run]] | None:
+    """The runs of a and b with the figure, seed by seed, when every seed of one group has its
+    twin in the other (at least two pairs; the other group's extra seeds are left out); None
+    when the groups do not pair."""
     sa, sb = by_seed(a, metric), by_seed(b, metric)
-    if sa is not None and sb is not None and (sa.keys() <= sb.keys() or sb.keys() <= sa.keys()):
-        seeds = sorted(sa.keys() & sb.keys())
-        if len(seeds) >= 2:
-            return paired([sa[s] for s in seeds], [sb[s] for s in seeds])
+    if sa is None or sb is None or not (sa.keys() <= sb.keys() or sb.keys() <= sa.keys()):
+        return None
+    seeds = sorted(sa.keys() & sb.keys())
+    if len(seeds) < 2:
+        return None
+    ra = {seed_of(r): r for r in a if r.metric(metric) is not None}
+    rb = {seed_of(r): r for r in b if r.metric(metric) is not None}
+    return [ra[s] for s in seeds], [rb[s] for s in seeds]
+
+
+def difference(a: list[Run], b: list[Run], metric: str) -> Difference:
+    """Paired over seeds when the groups pair (twins), else Welch's test over all runs."""
+    pairs = twins(a, b, metric)
+    if pairs is not None:
+        return paired(values(pairs[0], metric), values(pairs[1], metric))
     return welch(values(a, metric), values(b, metric))
 
 
@@ -227,3 +242,61 @@ def run_intervals(grouping: Grouping) -> list[RunInterval]:
     """The Wilson interval of every tested run, group by group."""
     found = (run_interval(g, r) for g, rs in grouping.groups.items() for r in rs if r.ok)
     return [t for t in found if t is not None]
+
+
+@dataclass(frozen=True)
+class SamplingError:
+    """The test set's sampling error in one test-accuracy comparison, beside the seed error
+    (cifar_lightning/report/testset.py): from every run's per-image correctness when all have
+    it (`components`), else the worst-case bound from the error rates (`bound`)."""
+
+    a: str
+    b: str
+    diff: float  # as the comparison's: mean(a) − mean(b) over the runs it used
+    images: int  # the test images each run scored
+    method: str  # "per-image" or "bound"
+    se_seeds: float | None  # the seed test's standard error (None: no seed test)
+    se_images: float  # the test set's: estimated (per-image) or its worst case (bound)
+    se_both: float | None  # both at once (bound: √(se_seeds² + bound²))
+    note: str = ""  # why the bound: which runs kept no per-image correctness
+
+    @property
+    def z_images(self) -> float | None:
+        return None if not self.se_images else self.diff / self.se_images
+
+    @property
+    def z_both(self) -> float | None:
+        return None if not self.se_both else self.diff / self.se_both
+
+
+def sampling_error(
+    a: list[Run], b: list[Run], labels: tuple[str, str], result: Difference
+) -> SamplingError | None:
+    """None when the runs' test images are unknown or differ in number (then they were not
+    scored on the same images, or it cannot be told)."""
+    pairs = twins(a, b, "test_acc")
+    tested = [[r for r in rs if r.metric("test_acc") is not None] for rs in (a, b)]
+    ra, rb = pairs if pairs is not None else tested
+    sizes = {r.test_images for r in (*ra, *rb)}
+    if len(sizes) != 1 or None in sizes or not ra or not rb:
+        return None
+    [n] = sizes
+    missing = sum(r.correct is None for r in (*ra, *rb))
+    if not missing and min(len(ra), len(rb)) >= 2:
+        tables = [np.stack([r.correct for r in rs]) for rs in (ra, rb)]
+        c = testset.components(*tables, paired=pairs is not None)
+        return SamplingError(*labels, c.diff, n, "per-image", math.sqrt(c.seeds), c.se_images,
+                             c.se_both)  # fmt: skip
+    mean_a, mean_b = (statistics.fmean(values(rs, "test_acc")) for rs in (ra, rb))
+    worst = testset.bound(mean_a, mean_b, n)
+    both = None if result.se is None else math.hypot(result.se, worst)
+    note = (f"{missing} of {len(ra) + len(rb)} runs keep no per-image correctness" if missing
+            else "fewer than two runs on a side")  # fmt: skip
+    return SamplingError(*labels, mean_a - mean_b, n, "bound", result.se, worst, both, note)
+
+
+def sampling_errors(grouping: Grouping, comparisons: list[Comparison]) -> list[SamplingError]:
+    """The test-set error of every test-accuracy comparison whose runs' test images are known."""
+    found = (sampling_error(grouping.groups[c.a], grouping.groups[c.b], (c.a, c.b), c.result)
+             for c in comparisons if c.metric == "test_acc")  # fmt: skip
+    return [e for e in found if e is not None]

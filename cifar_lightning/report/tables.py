@@ -12,7 +12,14 @@ from typing import Any
 
 from cifar_lightning.report.runs import METRICS
 from cifar_lightning.report.stats import CONFIDENCE, PAIRED, Difference, Summary
-from cifar_lightning.report.summary import Comparison, GroupSummary, PerClass, RunInterval
+from cifar_lightning.report.summary import (
+    Comparison,
+    GroupSummary,
+    PerClass,
+    RunInterval,
+    SamplingError,
+)
+from cifar_lightning.report.testset import two_sided_p
 
 NONE = "–"
 NAMES = {
@@ -70,6 +77,12 @@ def test_cell(d: Difference) -> str:
     return f"paired ({d.pairs} seeds)" if d.test == PAIRED else d.test
 
 
+def r_cell(d: Difference) -> str:
+    """The seed-by-seed correlation of a paired comparison's figures (– for Welch's, or with
+    fewer than three pairs)."""
+    return NONE if d.r is None else f"{d.r:+.2f}"
+
+
 def markdown(head: list[str], rows: list[list[str]]) -> str:
     """A markdown table: the header, its rule, one line per row."""
     lines = ["| " + " | ".join(cells) + " |" for cells in (head, *rows)]
@@ -118,9 +131,9 @@ def pairwise_table(comparisons: list[Comparison]) -> str:
     if not shown:
         return (f"No comparison has two runs or more with the figure on both sides: no test "
                 f"({untestable} comparisons, pairs of groups x metrics).")  # fmt: skip
-    head = ["group A", "group B", "metric", "test",
+    head = ["group A", "group B", "metric", "test", "r",
             f"A − B pp [{100 * CONFIDENCE:.0f} % CI]", "p", "Holm p"]  # fmt: skip
-    table = markdown(head, [[c.a, c.b, NAMES[c.metric], test_cell(c.result),
+    table = markdown(head, [[c.a, c.b, NAMES[c.metric], test_cell(c.result), r_cell(c.result),
                              difference_cell(c.result), p_value(c.p, c.result.note),
                              p_value(c.p_holm)] for c in shown])  # fmt: skip
     text = f"{table}\n\n{families(comparisons)}"
@@ -164,6 +177,35 @@ def sampling_notes(rows: list[GroupSummary], intervals: list[RunInterval]) -> li
         lines.append(f"- {r.label}: test acc {seeds}; the test set's sampling error, which that "
                      f"interval does not include, is {err}")  # fmt: skip
     return lines
+
+
+def z_cell(z: float | None, bounded: bool = False) -> str:
+    """`z -2.00, p 0.045`: a normal z and its two-sided p; bounded (from an SE at its worst
+    case, z is at least that far from 0): `z ≤ -2.00, p ≤ 0.045`."""
+    if z is None:
+        return NONE
+    p = p_value(two_sided_p(z))
+    return f"z {'≥' if z >= 0 else '≤'} {z:.2f}, p ≤ {p}" if bounded else f"z {z:.2f}, p {p}"
+
+
+def sampling_error_table(errors: list[SamplingError]) -> str:
+    """Per test-accuracy comparison: the test set's sampling error of the difference (its
+    estimate from per-image correctness, or its worst-case bound, ≤), alone and with the seed
+    error, each with its z and p."""
+    rows = []
+    for e in errors:
+        bounded = e.method == "bound"
+        mark = "≤ " if bounded else ""
+        seeds = NONE if e.se_seeds is None else f"{100 * e.se_seeds:.2f}"
+        both = NONE if e.se_both is None else f"{mark}{100 * e.se_both:.2f}"
+        how = ("per-image correctness" if e.method == "per-image"
+               else f"worst-case bound ({e.note})")  # fmt: skip
+        rows.append([e.a, e.b, pp(e.diff), str(e.images), f"{mark}{100 * e.se_images:.2f}",
+                     z_cell(e.z_images, bounded), seeds, both, z_cell(e.z_both, bounded),
+                     how])  # fmt: skip
+    head = ["group A", "group B", "test acc A − B pp", "test images", "test-set SE pp",
+            "test set alone", "seed SE pp", "both SE pp", "both", "test-set SE from"]  # fmt: skip
+    return markdown(head, rows)
 
 
 def per_class_table(per_class: PerClass, column: str) -> str:
