@@ -224,7 +224,7 @@ class CIFAR10DataModule(L.LightningDataModule):
 
     def _options(self) -> dict[str, Any]:
         # Pinned batches when the trainer is on CUDA: Lightning copies them non_blocking, so the
-        # copy overlaps the step (on a CPU trainer pinning only costs memory).
+        # host queues the step without waiting for the copy (on a CPU, pinning only costs memory).
         trainer = self.trainer
         on_cuda = trainer is not None and trainer.strategy.root_device.type == "cuda"
         return {
