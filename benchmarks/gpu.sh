@@ -1,31 +1,67 @@
 #!/usr/bin/env bash
-# The benchmarks on one CUDA GPU, one after another (a few minutes on an H100-class GPU).
+# The benchmarks on one CUDA GPU, one after another, in at most BUDGET seconds (default 340;
+# with nvidia-smi and a hung step's 5 s to die after its TERM, under 6 minutes).
 #   bash benchmarks/gpu.sh DATA_ROOT [RESULTS_DIR]
 # DATA_ROOT holds CIFAR-10 in a layout the project reads (see README); the JSON files go to
-# RESULTS_DIR (default benchmarks/results). A failing benchmark does not stop the others; the
-# exit status is non-zero if any failed.
+# RESULTS_DIR (default benchmarks/results). Each step has its own time limit, cut to what is left
+# of BUDGET; a step with under 20 s left is skipped. A failing, timed-out or skipped step does not
+# stop the others; the exit status is non-zero if any failed or was skipped.
+# The sizes below (seeds, repeats, images) are cut so that the steps' expected times, reckoned
+# from issue 28's H200 figures (imports ~12 s per process, fast94 ~11 ms a step and ~10 s a run),
+# add up to about 4 minutes; the limits only stop a step that hangs. Not yet run on a GPU.
 set -u
+export PYTHONUNBUFFERED=1  # each step's progress shows as it runs
 root=$(realpath "${1:?usage: bash benchmarks/gpu.sh DATA_ROOT [RESULTS_DIR]}")
 out=$(realpath "${2:-benchmarks/results}")
 cd "$(dirname "$0")/.." || exit 1  # the repository root: the scripts' paths are relative to it
+budget=${BUDGET:-340}
+start=$(date +%s)
 failed=0
-step() {
-    echo "== $*"
-    "$@" || { echo "== failed (exit $?): $*"; failed=1; }
+step() {  # step LIMIT_S COMMAND...
+    local limit=$1 left
+    shift
+    left=$((budget - ($(date +%s) - start)))
+    if [ "$left" -lt 20 ]; then
+        echo "== skipped (${left} s of the budget left): $*"
+        failed=1
+        return
+    fi
+    [ "$limit" -gt "$left" ] && limit=$left
+    echo "== at $(($(date +%s) - start)) s, limit ${limit} s: $*"
+    timeout -k 5 "$limit" "$@"
+    local rc=$?
+    if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then  # TERM at the limit, KILL 5 s later
+        echo "== timed out after ${limit} s: $*"
+        failed=1
+    elif [ "$rc" -ne 0 ]; then
+        echo "== failed (exit $rc): $*"
+        failed=1
+    fi
 }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-# 1. device augmentation vs torchvision's per-image pipeline (DataLoader, 2 workers)
-step python benchmarks/augment_throughput.py --device cuda --data-root "$root" \
-    --images 10240 --repeats 3 --min-seconds 1 --out "$out/augment_throughput_cuda.json"
+# 1. fast94 over 3 seeds, after an untimed warm-up run into epoch 4 (Lookahead starts in 3);
+#    no per-epoch evaluations (expected ~50 s: 3 runs of ~10 s, warm-up, imports)
+step 100 python benchmarks/time_to_accuracy.py --experiment fast94 --target 0.94 \
+    --seeds 0 1 2 --warmup-steps 150 --no-epoch-eval \
+    --out "$out/time_to_accuracy_fast94.json" data.root="$root"
 # 2. Lightning (bare, and as train.py configures it, feature by feature) vs a plain loop, one
-#    epoch of fast94 (48 steps of 1024; trainer=gpu puts it on the GPU)
-step python benchmarks/loop_overhead.py --experiment fast94 --repeats 5 \
+#    epoch of fast94 (48 steps of 1024; trainer=gpu puts it on the GPU) (expected ~45 s)
+step 90 python benchmarks/loop_overhead.py --experiment fast94 --repeats 3 \
     --out "$out/loop_overhead_fast94_cuda.json" data.root="$root"
-# 3. fast94 over 5 seeds, after an untimed warm-up run into epoch 4 (Lookahead starts in 3)
-step python benchmarks/time_to_accuracy.py --experiment fast94 --target 0.94 \
-    --seeds 0 1 2 3 4 --warmup-steps 150 --out "$out/time_to_accuracy_fast94.json" \
+# 3. where fast94's step spends its CPU and its GPU kernel time: torch.profiler over one epoch's
+#    steps after 5 warm-up steps (expected ~30 s)
+step 60 python benchmarks/profile_step.py --experiment fast94 --warmup 5 \
+    --out "$out/profile_step_fast94_cuda.json" data.root="$root"
+# 4. a whole `python train.py experiment=fast94`, process start to exit (~27 s in issue 28)
+step 50 python benchmarks/wall_time.py --out "$out/wall_time_fast94.json" -- experiment=fast94 \
     data.root="$root"
-# 4. a whole `python train.py experiment=fast94`, process start to exit
-step python benchmarks/wall_time.py --out "$out/wall_time_fast94.json" -- experiment=fast94 \
-    data.root="$root"
+# 5. device augmentation vs torchvision's per-image pipeline (DataLoader, 2 workers), 5,120
+#    images, 3 rounds of at least 1 s per path, each printed as it ends (expected ~50 s)
+step 80 python benchmarks/augment_throughput.py --device cuda --data-root "$root" \
+    --images 5120 --repeats 3 --min-seconds 1 --out "$out/augment_throughput_cuda.json"
+# 6. aten ops dispatched and device values read per fast94 step (counted on the CPU, fp32,
+#    foreach SGD, 4 epochs at batch 8: the count does not depend on the device) (expected ~40 s)
+step 75 python benchmarks/op_count.py --experiment fast94 \
+    --out "$out/op_count_fast94.json" data.root="$root"
+echo "== done in $(($(date +%s) - start)) s"
 exit $failed

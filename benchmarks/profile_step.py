@@ -22,7 +22,8 @@ reported: the steps' median with and without the profiler).
 
 On a GPU (the recipe's trainer puts the model there, as fast94's does) the profiler records
 the CUDA kernels too, and each kernel's time goes to the part of the operator that launched it,
-as that operator's own CPU time does; kernels launched outside the optimizer steps
+as that operator's own CPU time does (the backward, which autograd runs on a thread of its own
+there, counts as the backward range it ran for); kernels launched outside the optimizer steps
 (augmentation, Lightning's loop, Lookahead) are data and loop. Kernel shares are of the
 profiled steps' kernel time; "GPU busy" is that time over the steps' wall time (the window is
 synchronised at both ends). This CUDA mode has not yet been run on a GPU.
@@ -139,35 +140,65 @@ OWN = {FORWARD: "Python in the step", BACKWARD: "Python in the step",
        NEWTON_SCHULZ: "Muon Newton-Schulz"}  # fmt: skip
 
 
-def part_of(event: Any) -> str | None:
-    """The part a CPU event's own time (and its own kernels') belongs to: None outside the
-    optimizer steps (the data and the loop, which the callers count as a remainder)."""
-    chain, parent = [event.name], event.cpu_parent
-    while parent is not None:
-        chain.insert(0, parent.name)
-        parent = parent.cpu_parent
-    if not any(n.startswith(OPTIMIZER) for n in chain):
-        return None
-    if event.name.startswith(OPTIMIZER):
+class Backward:
+    """The backward ranges of the steps. On a GPU, autograd runs the backward on a thread of
+    its own: there its operators have no enclosing event, while the step's thread waits inside
+    the BACKWARD range. Such an operator tree belongs to the range it started in. (On a CPU the
+    backward runs on the step's thread, nested in the range: nothing to move.)"""
+
+    def __init__(self, events: Any) -> None:
+        ranges = [e for e in events if e.name == BACKWARD]
+        self.thread = ranges[0].thread if ranges else None
+        self.ranges = [(e.time_range.start, e.time_range.end) for e in ranges]
+
+    def holds(self, root: Any) -> bool:
+        """Whether `root`, an event without enclosing event, ran for a BACKWARD range."""
+        start = root.time_range.start
+        return root.thread != self.thread and any(a <= start < b for a, b in self.ranges)
+
+
+def chain_of(event: Any, backward: Backward) -> list[str] | None:
+    """The names of the event's enclosing events, outermost first, and its own last; an
+    operator tree of autograd's own thread goes under the BACKWARD range that waited for it.
+    None outside the optimizer steps."""
+    chain, root = [event.name], event
+    while root.cpu_parent is not None:
+        root = root.cpu_parent
+        chain.insert(0, root.name)
+    if any(n.startswith(OPTIMIZER) for n in chain):
+        return chain
+    return [OPTIMIZER, BACKWARD, *chain] if backward.holds(root) else None
+
+
+def part_of(chain: list[str]) -> str:
+    """The part an event's own time (and its own kernels') belongs to, from its chain_of()."""
+    if chain[-1].startswith(OPTIMIZER):
         return "optimizer"
-    return OWN.get(event.name) or category(chain)
+    return OWN.get(chain[-1]) or category(chain)
 
 
 def shares(prof: Any, window: float) -> dict[str, float]:
     """Seconds per category over the profiled steps (their wall time `window`): each event's
     own (self) time inside an optimizer step, by category(); the rest of the window is the
-    data and the loop."""
+    data and the loop. Where autograd ran the backward on its own thread (a GPU), the step's
+    thread was waiting in the BACKWARD range meanwhile: that wait is taken off the range's own
+    time, which would otherwise count the backward twice."""
+    events = prof.events()
+    backward = Backward(events)
     seconds: dict[str, float] = defaultdict(float)
     in_steps = 0.0
-    for event in prof.events():
+    for event in events:
         if event.device_type != DeviceType.CPU:
             continue  # a GPU kernel: kernel_shares()
-        part = part_of(event)
-        if part is None:
+        chain = chain_of(event, backward)
+        if chain is None:
             continue  # outside the optimizer steps: the data and the loop
         if event.name.startswith(OPTIMIZER):
             in_steps += event.cpu_time_total / 1e6
-        seconds[part] += event.self_cpu_time_total / 1e6
+        seconds[part_of(chain)] += event.self_cpu_time_total / 1e6
+        if event.cpu_parent is None and backward.holds(event):
+            seconds[OWN[BACKWARD]] -= event.cpu_time_total / 1e6  # the wait for it
+    seconds[OWN[BACKWARD]] = max(0.0, seconds[OWN[BACKWARD]])
     seconds["data and loop"] = max(0.0, window - in_steps)
     return {c: seconds.get(c, 0.0) for c in CATEGORIES}
 
@@ -184,19 +215,21 @@ def kernel_shares(prof: Any) -> dict[str, float] | None:
     not its children's); that operator's part, as for CPU time, gets the kernel's time. All
     kernels' time less the optimizer steps' is the data and the loop, as the window less the
     steps is for CPU time."""
+    events = prof.events()
+    backward = Backward(events)
     seconds: dict[str, float] = defaultdict(float)
     total = in_steps = 0.0
-    for event in prof.events():
+    for event in events:
         if event.is_async:
             continue
         if event.device_type != DeviceType.CPU:  # a kernel, memcpy or memset on the device
             if not is_sync(event.name):
                 total += event.time_range.elapsed_us() / 1e6
             continue
-        part = part_of(event)
         own = sum(k.duration for k in event.kernels if not is_sync(k.name)) / 1e6
-        if part is not None and own:
-            seconds[part] += own
+        chain = chain_of(event, backward) if own else None
+        if chain is not None:
+            seconds[part_of(chain)] += own
             in_steps += own
     if not total:
         return None

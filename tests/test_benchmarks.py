@@ -203,12 +203,13 @@ def test_profile_step_puts_the_whole_step_in_named_parts(folder_root: Path, tmp_
 
 
 def test_profile_step_gives_kernels_the_part_of_the_operator_that_launched_them():
-    """The CUDA mode's attribution, on hand-made profiler events (no GPU here): a kernel counts
-    with its launching operator's part, kernels outside the optimizer steps and those no
-    operator claims are the data and the loop, synchronisation waits are no kernel time."""
+    """The CUDA mode's attribution, on hand-made profiler events (no GPU here; times in us): a
+    kernel counts with its launching operator's part; the backward that autograd runs on its
+    own thread counts as the backward; kernels outside the optimizer steps and those no
+    operator claims are the data and the loop; synchronisation waits are no kernel time."""
 
-    def event(name, start, end, parent=None, device=DeviceType.CPU, kernels=()):
-        e = FunctionEvent(id=start, name=name, thread=0, start_us=start, end_us=end,
+    def event(name, start, end, parent=None, device=DeviceType.CPU, kernels=(), thread=0):
+        e = FunctionEvent(id=start, name=name, thread=thread, start_us=start, end_us=end,
                           use_device="cuda", device_type=device)  # fmt: skip
         if parent is not None:
             e.set_cpu_parent(parent)
@@ -219,23 +220,36 @@ def test_profile_step_gives_kernels_the_part_of_the_operator_that_launched_them(
 
     step = event(profile_step.OPTIMIZER + "SGD.step", 0, 100)
     forward = event(profile_step.FORWARD, 1, 40, step)
-    conv = event("aten::convolution", 2, 10, forward, kernels=[("conv_kernel", 30)])
-    nested = event("aten::_convolution", 3, 9, conv, kernels=[("conv_inner", 4)])
+    conv = event("aten::convolution", 2, 10, forward, kernels=[("conv", 30)])
+    inner = event("aten::_convolution", 3, 9, conv, kernels=[("conv_inner", 4)])
+    backward = event(profile_step.BACKWARD, 40, 48, step)  # waits for autograd's thread (1)
+    grad = event("autograd::engine::evaluate_function: ConvolutionBackward0", 41, 47, thread=1)
+    grad_op = event("aten::convolution_backward", 42, 46, grad, kernels=[("conv_bw", 20)],
+                    thread=1)  # fmt: skip
     update = event("aten::_foreach_add_", 50, 60, step, kernels=[("foreach", 8)])
+    item = event("aten::_local_scalar_dense", 55, 56, update, kernels=[("Stream Sync", 90)])
     gather = event("aten::index", 200, 210, kernels=[("gather", 5)])  # outside the steps
-    item = event("aten::_local_scalar_dense", 220, 221, update, kernels=[("Stream Sync", 90)])
-    on_gpu = [event(n, 300, 300 + us, device=DeviceType.CUDA) for n, us in
-              (("conv_kernel", 30), ("conv_inner", 4), ("foreach", 8), ("gather", 5),
+    fill = event("aten::fill_", 300, 301, thread=1)  # autograd's thread, outside the steps
+    on_gpu = [event(n, 400, 400 + us, device=DeviceType.CUDA) for n, us in
+              (("conv", 30), ("conv_inner", 4), ("conv_bw", 20), ("foreach", 8), ("gather", 5),
                ("unclaimed", 2), ("Context Sync", 500), ("Stream Sync", 90))]  # fmt: skip
 
     class Profile:
         def events(self):
-            return EventList([step, forward, conv, nested, update, gather, item, *on_gpu])
+            return EventList([step, forward, conv, inner, backward, grad, grad_op, update, item,
+                              gather, fill, *on_gpu])  # fmt: skip
 
-    seconds = profile_step.kernel_shares(Profile())
-    expected = {"convolution": 34e-6, "optimizer": 8e-6, "data and loop": 7e-6}
-    assert {k: v for k, v in seconds.items() if v} == pytest.approx(expected)
-    assert set(seconds) == set(profile_step.CATEGORIES)
+    kernels = profile_step.kernel_shares(Profile())
+    assert set(kernels) == set(profile_step.CATEGORIES)
+    assert {k: v for k, v in kernels.items() if v} == pytest.approx(
+        {"convolution": 54e-6, "optimizer": 8e-6, "data and loop": 7e-6})  # fmt: skip
+    # CPU self times: the step's own 43, the update's 9 and the read's 1 are the optimizer; the
+    # forward's 31 and the backward's 8 less the 6 it waited for autograd's thread are Python;
+    # the convolutions' 2 + 6 and the backward thread's 2 + 4; the window's other 50 the loop.
+    cpu = profile_step.shares(Profile(), window=150e-6)
+    assert {k: v for k, v in cpu.items() if v} == pytest.approx(
+        {"optimizer": 53e-6, "Python in the step": 33e-6, "convolution": 14e-6,
+         "data and loop": 50e-6})  # fmt: skip
 
 
 def test_step_ab_alternates_a_and_b_and_reports_the_ratio(folder_root: Path, tmp_path: Path):
