@@ -86,10 +86,10 @@ def make_trainer(
     logger_cfg: DictConfig | None,
     callbacks: list[L.Callback],
     out: Path,
-    matmul_precision: str | None = None,
+    matmul_precision: str | None = "auto",
 ) -> L.Trainer:
-    """The Trainer, and torch's float32 matmul precision for its device (matmul.apply; None:
-    torch's setting left as it is)."""
+    """The Trainer, and torch's float32 matmul precision for its device (matmul.apply: auto,
+    as conf/train.yaml, unless given; None leaves torch's setting as it is)."""
     loggers = [instantiate(c) for c in (logger_cfg or {}).values()]
     trainer = instantiate(
         trainer_cfg,
