@@ -15,8 +15,9 @@ from scipy import stats
 from cifar_lightning.report import selection
 from cifar_lightning.report.groups import group_runs
 from cifar_lightning.report.runs import find_runs
-from cifar_lightning.report.summary import compare, summarise
-from cifar_lightning.report.tables import cell, difference_cell, p_value
+from cifar_lightning.report.stats import Difference
+from cifar_lightning.report.summary import compare, difference, sampling_errors, summarise
+from cifar_lightning.report.tables import cell, difference_cell, p_value, pp, z_cell
 from tests.conftest import REPO
 
 README = (REPO / "README.md").read_text()
@@ -30,6 +31,23 @@ SELECTION_2 = [
     REPO / "docs/fast_cpu/runs/selection-2-retime",
 ]
 METRIC_NAMES = {"test acc": "test_acc", "gap": "gap", "val acc": "val_acc"}
+SELECTION_1 = [
+    REPO / "docs/fast_cpu/runs/candidates",
+    *(REPO / f"docs/fast_cpu/runs/whiten_bias/wb64.0_seed{s}" for s in (0, 1, 2)),
+]
+WHITEN_BIAS = REPO / "docs/fast_cpu/runs/whiten_bias"
+OPTIMIZERS = {
+    "Adam": "adam",
+    "AdamW": "adamw",
+    "SGD": "sgd_nesterov",
+    "adam_to_sgd": "adam_to_sgd",
+}
+
+
+def interval(d: Difference) -> str:
+    """`−0.25 points [−0.38, −0.12], p = 0.025` as the README's prose writes a difference."""
+    cells = [pp(x).replace("-", "−") for x in (d.diff, d.ci_low, d.ci_high)]
+    return f"{cells[0]} points [{cells[1]}, {cells[2]}], p = {p_value(d.p)}"
 
 
 def table(text: str, header: str) -> list[list[str]]:
@@ -75,6 +93,43 @@ def mismatches(readme: str) -> list[str]:
         check(where + " Holm (metric)", row[4], p_value(c.p_holm))
         check(where + " Holm (test+gap)", row[5], p_value(families["test_acc,gap"][key].p_holm))
 
+    # The test set's sampling error of the study's differences: the worst-case bound, alone
+    # and with the seed error.
+    errors = {(e.a, e.b): e for e in sampling_errors(grouping, by_family["metric"])}
+    for row in table(readme, "| A − B | test acc pp | test-set SE pp (worst case) |"):
+        e = errors[tuple(x.strip() for x in row[0].split(" - "))]
+        where = f"study {row[0]} test-set error"
+        check(where + " difference", row[1], pp(e.diff))
+        check(where + " SE", row[2], f"≤ {100 * e.se_images:.2f}")
+        check(where + " alone", row[3], z_cell(e.z_images, bounded=True))
+        check(where + " with seeds", row[4], z_cell(e.z_both, bounded=True))
+    # The seed correlation of each pair, as the prose lists it (r, seed-matched test accuracy).
+    prose = " ".join(readme.split())
+    [listed] = re.findall(r"\(r, seed-matched test accuracy: ([^)]*)\)", prose)
+    named = re.findall(r"(\w+)–(\w+) ([+−]\d\.\d\d)", listed)
+    tested = {frozenset((c.a, c.b)): c.result.r for c in by_family["metric"]
+              if c.metric == "test_acc"}  # fmt: skip
+    check("study correlations listed", str(len(named)), str(len(tested)))
+    for a, b, shown in named:
+        r = tested[frozenset((OPTIMIZERS[a], OPTIMIZERS[b]))]
+        check(f"study r {a}-{b}", shown, f"{r:+.2f}".replace("-", "−"))
+
+    # Selection 1, B against A, and the whitening-bias groups: paired over their shared seeds.
+    def said(where: str, text: str) -> None:
+        check(where, text if text in prose else "(not in the README)", text)
+
+    keys = ["model.widths", "trainer.max_epochs", "module.train_resolution"]
+    sel1 = group_runs(find_runs(SELECTION_1), keys).groups
+    b, a = sel1["[64,256,256] / 8 / [32]"], sel1["[64,256,256] / 9 / [24,24,24,24,24,32]"]
+    b_vs_a = difference(b, a, "val_acc")
+    said("selection 1 B - A", f"B − A is {interval(b_vs_a)} on 1 degree of freedom")
+    wb = group_runs(find_runs([WHITEN_BIAS]), ["model.whiten_bias_lr_scale"]).groups
+    new_old = difference(wb["64.0"], wb["null"], "val_acc")
+    change, p_new_old = interval(new_old).split(", p = ")
+    said("whitening bias new - old", f"Difference {change}, paired over seeds 0-2 (each seed's "
+         f"two runs share their initialisation and data order), p = {p_new_old};")  # fmt: skip
+    check("paired tests", f"{b_vs_a.test}/{new_old.test}", "paired/paired")
+
     runs = [json.loads(p.read_text()) for p in FAST_CPU_V1]
     [acc_row, time_row] = table(readme, "| fast_cpu_v1 (9 epochs, 50,000 training images) |")
     accs = [100 * r["final_test_acc"] for r in runs]
@@ -119,9 +174,27 @@ def test_readme_figures_are_the_committed_results():
     [("| 76.93 ± 0.28 |", "| 76.95 ± 0.28 |"),  # a study group's test accuracy
      ("| 0.0019 | **0.0087** |", "| 0.0019 | **0.0088** |"),  # a Holm p
      ("| 90.45 | 90.49 |", "| 90.45 | 90.50 |"),  # a fast_cpu_v1 seed
-     ("| 88.93 |", "| 88.95 |")],  # a selection-2 finalist's mean
+     ("| 88.93 |", "| 88.95 |"),  # a selection-2 finalist's mean
+     ("| ≤ 0.67 | z ≤ −2.01", "| ≤ 0.66 | z ≤ −2.01"),  # a test-set error bound
+     ("AdamW–SGD\n−0.93", "AdamW–SGD\n−0.39"),  # a seed correlation
+     ("p = 0.025 on 1 degree", "p = 0.022 on 1 degree"),  # selection 1's paired p
+     ("[−0.02, +0.13], paired", "[−0.02, +0.15], paired")],  # the whitening bias's interval
 )  # fmt: skip
 def test_a_figure_edited_by_hand_is_caught(shown: str, edited: str):
     assert README.count(shown) == 1
     [problem] = mismatches(README.replace(shown, edited))
-    assert re.search(r"README '.*', results '.*'", problem)
+    assert re.search(r"README (['\"]).*\1, results (['\"]).*\2$", problem)
+
+
+def test_the_study_reports_test_set_error_table_is_the_committed_results():
+    """docs/optimizer_study/report.md's bound table, recomputed as the README's is."""
+    grouping = group_runs(find_runs(STUDY), ["optimizer"])
+    errors = {(e.a, e.b): e for e in sampling_errors(grouping, compare(grouping))}
+    text = (REPO / "docs/optimizer_study/report.md").read_text()
+    rows = table(text, "| A − B | test acc pp | test-set SE pp (worst case) | test set alone |")
+    assert len(rows) == len(errors) == 6
+    for row in rows:
+        e = errors[tuple(x.strip() for x in row[0].split(" - "))]
+        assert row[1:] == [pp(e.diff), f"≤ {100 * e.se_images:.2f}",
+                           z_cell(e.z_images, bounded=True), f"{100 * e.se_seeds:.2f}",
+                           z_cell(e.z_both, bounded=True)], row  # fmt: skip
