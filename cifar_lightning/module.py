@@ -182,6 +182,9 @@ class Classifier(L.LightningModule):
         self.test_loss.update(self.criterion(logits, y), weight=len(y))
         self.log("test/loss", self.test_loss, on_epoch=True)
         self.log("test/acc", self.test_acc, on_epoch=True)
+        if batch_idx == 0:  # a new test pass
+            self._test_correct: list[Tensor] = []
+        self._test_correct.append(preds == y)  # on the device until the epoch's end
         return {"preds": preds}
 
     def predict_step(
@@ -207,10 +210,32 @@ class Classifier(L.LightningModule):
         # None, where torchmetrics would report 0.0. test_images: what test_acc counts.
         rows = zip(self.class_names, accs, confusion, strict=True)
         per_class = {name: acc if sum(row) else None for name, acc, row in rows}
+        # Per-image correctness of the tested model (at its TTA: what test_acc counts), in the
+        # test split's order, for the report's test-set error of a difference between runs.
+        # The datamodule shards evaluation by stride with no padding (rank r: images r, r +
+        # world, ...; EpochOrder and UnrepeatedDistributedSampler alike): the ranks' flags
+        # interleave back into that order. None if they do not cover images 0..n-1 exactly.
+        flags = getattr(self, "_test_correct", [])
+        correct = torch.cat(flags) if flags else torch.zeros(0, dtype=torch.bool)
+        self._test_correct = []
+        world = self.trainer.world_size
+        if world > 1:
+            counts = self.all_gather(torch.tensor(len(correct), device=self.device)).tolist()
+            padded = torch.zeros(max(counts), dtype=torch.uint8, device=self.device)
+            padded[: len(correct)] = correct
+            shards = self.all_gather(padded)  # (world, longest), the same on every rank
+            total = sum(counts)
+            correct = torch.zeros(total, dtype=torch.bool, device=self.device)
+            if all(len(range(r, total, world)) == n for r, n in enumerate(counts)):
+                for r, n in enumerate(counts):
+                    correct[r::world] = shards[r, :n].bool()
+            else:
+                correct = None
         self.test_report = {
             "per_class_acc": per_class,
             "test_images": sum(map(sum, confusion)),
             "confusion_matrix": confusion,
+            "test_correct": None if correct is None else correct.cpu().numpy(),
         }
         self.test_class_acc.reset()
         self.test_confmat.reset()

@@ -202,7 +202,7 @@ def save_results(
             str(trainer.precision), datamodule.fingerprint, datamodule.sizes
         ),
     }
-    results.save(out, summary, test.get("confusion_matrix"))
+    results.save(out, summary, test.get("confusion_matrix"), test.get("test_correct"))
 
 
 def _scalar(metrics: dict, key: str) -> float | None:

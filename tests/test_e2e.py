@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
+from cifar_lightning.results import CORRECT_NAME
 from tests.conftest import FAST, run_cli
 
 pytestmark = pytest.mark.slow
@@ -71,6 +73,8 @@ def test_eval_reproduces_the_training_test_accuracy(trained_run: Path, tmp_path:
     assert evaluated["per_class_acc"] == trained["per_class_acc"]
     assert evaluated["best_val_acc"] == trained["best_val_acc"]
     assert (tmp_path / "confusion_matrix.png").is_file()
+    flags = [np.load(d / CORRECT_NAME) for d in (trained_run, tmp_path)]  # image by image
+    assert np.array_equal(*flags) and flags[0].sum() == round(trained["test_acc"] * len(flags[0]))
 
 
 def test_eval_of_a_missing_checkpoint_is_one_clear_error(tmp_path: Path):
@@ -205,4 +209,8 @@ def single_process_eval_matches(run: Path, single: Path, probes: tuple[str, ...]
     assert one["test_acc"] == pytest.approx(ddp["test_acc"], abs=1e-6)
     assert one["per_class_acc"] == pytest.approx(ddp["per_class_acc"], abs=1e-6)
     assert one["test_loss"] == pytest.approx(ddp["test_loss"], rel=1e-5)
+    # The ranks' per-image flags, interleaved back into the test split's order, are one
+    # process's: each image once, in its place.
+    flags = [np.load(d / CORRECT_NAME) for d in (run, single)]
+    assert len(flags[0]) == ddp["test_images"] and np.array_equal(*flags)
     return ddp

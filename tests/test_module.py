@@ -48,6 +48,8 @@ def test_per_class_accuracy_and_confusion_match_a_direct_count(folder_root, tmp_
     np.add.at(confusion, (true, pred), 1)
     assert module.test_report["confusion_matrix"] == confusion.tolist()
     assert module.test_report["test_images"] == len(true)
+    # Per-image correctness, in the test split's order (eval_batch_size 7: several batches).
+    assert np.array_equal(module.test_report["test_correct"], pred == true)
 
 
 def test_a_class_without_test_images_has_no_accuracy(folder_root, tmp_path):
