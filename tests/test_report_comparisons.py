@@ -265,6 +265,13 @@ def test_both_sources_match_the_spread_over_fresh_test_sets_and_seeds():
         wrong["added"].append(np.mean([c.images + c.seeds for c in parts]) / truth)
     for way, ratios in wrong.items():
         assert max(abs(r - 1) for r in ratios) > 0.3, (way, ratios)
+    # Groups that do not pair (Welch's case): 4 seeds of A, 3 others of B, the same images.
+    parts = []
+    for _ in range(300):
+        a, b = simulate(rng, 2000, 7, 0.5, 0.2, 0.5)  # seeds 0-3 for A, 4-6 for B
+        parts.append(testset.components(a[:4], b[4:], paired=False))
+    truth = np.var([c.diff for c in parts], ddof=1)
+    assert np.mean([c.se_both**2 for c in parts]) / truth == pytest.approx(1, abs=0.2)
 
 
 def test_the_report_uses_per_image_correctness_when_every_run_has_it(tmp_path: Path, capsys):
