@@ -2,7 +2,9 @@
 train.py as a subprocess): what their JSON holds and that their clocks and checks say what they
 should. Their timings are not checked (this machine is shared)."""
 
+import importlib
 import json
+import shlex
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ from torch.autograd.profiler_util import EventList, FunctionEvent
 
 from benchmarks import (
     augment_throughput,
+    common,
     cpu_limit,
     loop_overhead,
     profile_step,
@@ -20,7 +23,7 @@ from benchmarks import (
     wall_time,
 )
 from cifar_lightning import optim
-from tests.conftest import run_cli
+from tests.conftest import REPO, run_cli
 
 # fast_cpu, sized for 400 synthetic training images: 8 steps of 50 an epoch.
 TINY = ["data.batch_size=50", "data.eval_batch_size=50", "model.widths=[8,8,8]"]
@@ -259,3 +262,36 @@ def test_step_ab_alternates_a_and_b_and_reports_the_ratio(folder_root: Path, tmp
     assert r["b"] == ["optimizer.ns_steps=5"] and "optimizer.ns_steps=5" not in r["overrides"]
     assert [x["ratio"] for x in r["rounds"]] == [x["B"] / x["A"] for x in r["rounds"]]
     assert r["ratio"]["min"] <= r["ratio"]["median"] <= r["ratio"]["max"]
+
+
+def gpu_steps() -> list[list[str]]:
+    """benchmarks/gpu.sh's steps as argument lists (continued lines joined, $root and $out
+    filled in), each without `step LIMIT`."""
+    text = (REPO / "benchmarks" / "gpu.sh").read_text().replace("\\\n", " ")
+    steps = [shlex.split(line)[2:] for line in text.splitlines() if line.startswith("step ")]
+    return [[w.replace("$root", "DATA").replace("$out", "OUT") for w in s] for s in steps]
+
+
+class Parsed(Exception):
+    pass
+
+
+@pytest.mark.parametrize("argv", gpu_steps(), ids=lambda argv: argv[1])
+def test_gpu_sh_steps_take_their_own_options(argv, monkeypatch, tmp_path: Path):
+    """What a GPU can run, a CPU can check: each step of gpu.sh names a benchmark whose own
+    parser accepts its options (the run stops right after parsing), and train.py's config
+    takes its overrides."""
+    assert argv[0] == "python" and (REPO / argv[1]).is_file()
+    module = importlib.import_module(argv[1].removesuffix(".py").replace("/", "."))
+
+    def parse_only(p, args):
+        raise Parsed(common.parse(p, args))
+
+    monkeypatch.setattr(module, "parse", parse_only)
+    with pytest.raises(Parsed) as parsed:
+        module.main(argv[2:])
+    [args] = parsed.value.args
+    assert args.out.startswith("OUT/") and args.out.endswith(".json")
+    if "experiment" in vars(args):
+        with common.run_config(args.experiment, args.overrides, tmp_path) as cfg:
+            assert cfg.data.root == "DATA"
