@@ -39,7 +39,7 @@ examples:
   python -m cifar_lightning.report outputs/multirun/<date> --group-by optimizer optimizer.lr \\
       --versus optimizer.lr
   python -m cifar_lightning.report outputs/multirun/<a> outputs/multirun/<b> --group-by optimizer \\
-      --holm-over test_acc,gap --out /tmp/report
+      --holm-over test_acc,gap --out outputs/report
 
 Give the folders before --group-by and --versus (or write --group-by=KEY): their keys run to
 the next option.
