@@ -33,7 +33,11 @@ def parser(doc: str, out: str, experiment: bool = True) -> argparse.ArgumentPars
     which may stand anywhere among them."""
     p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     if experiment:
-        p.add_argument("--experiment", default="fast_cpu", help="conf/experiment/<name>.yaml")
+        p.add_argument(
+            "--experiment",
+            default="fast_cpu",
+            help="conf/experiment/<name>.yaml; none: train.py's defaults",
+        )
         p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. data.root=PATH")
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--out", default=out, help=f"the JSON file (default {out})")
@@ -65,8 +69,9 @@ def run_config(experiment: str, overrides: Sequence[str], out: Path) -> Iterator
     run whose output folder is `out`: the run folder of its checkpoints and logs, and
     HydraConfig set (pipeline.train reads it) until the block ends."""
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        chosen = [] if experiment == "none" else [f"experiment={experiment}"]
         cfg = compose(config_name="train", return_hydra_config=True,
-                      overrides=[f"experiment={experiment}", *overrides])  # fmt: skip
+                      overrides=[*chosen, *overrides])  # fmt: skip
     with read_write(cfg), open_dict(cfg):
         cfg.hydra.runtime.output_dir = str(out)
         HydraConfig.instance().set_config(cfg)

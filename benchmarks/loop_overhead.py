@@ -2,21 +2,25 @@
 Lightning as train.py configures it, with what each of its features costs.
 
 Every run trains the recipe as train.py builds it (Hydra config `experiment=<--experiment>`,
-fast_cpu by default, plus overrides) for one epoch (or --steps steps) from the same initial
-weights, on the same datamodule (its batches on the device, its whitening images):
-  plain      the loop below, written out on purpose: what Trainer.fit + Classifier do, no more;
-  lightning  Trainer.fit without logger, checkpoints, progress bar, summary or callbacks
-             (Lightning's own overhead; target <= 1.03x plain);
+fast_cpu by default, plus overrides) for --epochs epochs (default 1; at most --steps steps) from
+the same initial weights, on the same datamodule (its batches on the device, its whitening
+images):
+  plain      the loop below, written out on purpose: what Trainer.fit + Classifier do with the
+             recipe's Lookahead, if any, no more; its clock starts once the data is ready;
+  lightning  Trainer.fit without logger, checkpoints, progress bar, summary or callbacks other
+             than the recipe's Lookahead (Lightning's own overhead; target <= 1.03x plain);
   train.py   pipeline.build_callbacks + make_trainer, writing into a temporary run folder;
   +Feature   lightning plus one feature of train.py's trainer (a callback, Lightning's own
              progress bar or checkpoints, a logger); its cost: its time less lightning's.
-Both sides check the data cache and make the epoch's batches, as a run does. A timed run is
-Trainer.fit (building the Trainer is timed apart) or the whole plain loop. A warm-up round
+A timed Lightning run is Trainer.fit (building the Trainer is timed apart), which checks the data
+cache and makes the batches as a run does; the plain loop does both before its clock starts, so
+their cost counts against Lightning. A warm-up round
 (plain, lightning, train.py) also checks that lightning and plain end with the same weights;
 then each round runs every variant in turn, and ratios and costs are taken within a round.
 
     python benchmarks/loop_overhead.py data.root=data/cifar10-jpeg --threads 2
     python benchmarks/loop_overhead.py --steps 5 --no-features data.root=...  # quick
+    python benchmarks/loop_overhead.py --experiment fast94 --epochs 10 --steps 475 data.root=...
 """
 
 from __future__ import annotations
@@ -33,12 +37,14 @@ from typing import Any
 
 import pytorch_lightning as L
 import torch
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import Checkpoint, ModelSummary, ProgressBar
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere
 
 from benchmarks.common import now, parse, parser, run_config, save, spread  # noqa: E402
+from cifar_lightning.lookahead import Lookahead  # noqa: E402
 from cifar_lightning.memory import retain_freed_memory  # noqa: E402
 from cifar_lightning.models.network import Network  # noqa: E402
 from cifar_lightning.module import Classifier  # noqa: E402
@@ -69,10 +75,13 @@ class Setup:
             raise SystemExit(f"precision {self.precision}: only 32-true and bf16-mixed here")
         # train.py's features: the callbacks its trainer ends up with (Lightning's own included),
         # and its loggers.
-        self.features = {type(c).__name__: type(c) for c in full.callbacks}
+        self.features = {type(c).__name__: type(c) for c in full.callbacks
+                         if not isinstance(c, Lookahead)}  # fmt: skip
         self.features.update((type(lg).__name__, type(lg)) for lg in full.loggers)
         per_epoch = len(self.datamodule.device_batches("train", train=True, device=self.device))
-        self.steps = per_epoch if cfg.trainer.max_steps == -1 else cfg.trainer.max_steps
+        self.steps = per_epoch * cfg.trainer.max_epochs
+        if cfg.trainer.max_steps != -1:
+            self.steps = min(self.steps, cfg.trainer.max_steps)
         self.per_epoch = per_epoch
 
     def module(self) -> Classifier:
@@ -81,6 +90,11 @@ class Setup:
         _, module = build(self.cfg, self.seed)
         module.run_config = self.run_config  # as pipeline.train: saved in its checkpoints
         return module
+
+    def lookahead(self) -> Lookahead | None:
+        """A fresh Lookahead as the recipe configures it (callbacks.lookahead), or None."""
+        cfg = (self.cfg.callbacks or {}).get("lookahead")
+        return instantiate(cfg) if cfg is not None else None
 
     def trainer(self, features: set[str] | None) -> L.Trainer:
         """train.py's trainer (features=None), or Lightning bare plus the named features."""
@@ -97,7 +111,8 @@ class Setup:
         trainer_cfg = OmegaConf.create({**OmegaConf.to_container(cfg.trainer), **flags})
         loggers = {k: c for k, c in (cfg.logger or {}).items()
                    if c._target_.rsplit(".", 1)[-1] in features}  # fmt: skip
-        kept = [c for c in callbacks if type(c).__name__ in features]
+        # The recipe's weight averaging is part of its training, not a feature: always there.
+        kept = [c for c in callbacks if type(c).__name__ in features or isinstance(c, Lookahead)]
         return make_trainer(trainer_cfg, OmegaConf.create(loggers), kept, self.out)
 
 
@@ -116,16 +131,17 @@ def run_lightning(s: Setup, features: set[str] | None) -> tuple[float, float, Cl
 
 
 def run_plain(s: Setup) -> tuple[float, Classifier]:
-    """(seconds, the trained module): Trainer.fit's work for this Classifier, by hand."""
-    module = s.module()  # its net, criterion, metric and optimizer/scheduler factories only
+    """(seconds, the trained module): Trainer.fit's work for this Classifier and the recipe's
+    Lookahead, by hand. The clock starts once the data is ready (cache checked, batches on the
+    device), as a plain script's would after its data loading."""
+    module = s.module()  # its net, criterion and optimizer/scheduler factories only
     net, dm, device, total = module.net, s.datamodule, s.device, s.steps
     dm.trainer = None  # the last Lightning run's: the plain loop has none
     gc.collect()
-    start = now()
     dm.prepare_data()  # Trainer.fit: the data cache checked (setup() has loaded it already)
     batches = dm.device_batches("train", train=True, device=device)
+    start = now()
     net.to(device)  # Trainer.fit: model to the device; setup(): channels_last
-    module.train_acc.to(device)
     if module.channels_last:
         net.to(memory_format=torch.channels_last)
     n = net.data_init_size if isinstance(net, Network) else 0
@@ -141,40 +157,51 @@ def run_plain(s: Setup) -> tuple[float, Classifier]:
              for i, g in enumerate(groups) if g.get("decay_epochs")}  # fmt: skip
     if decay:
         schedulers.append(GroupDecay(optimizer, decay))
+    look = s.lookahead()
     net.train()
-    if isinstance(net, Network):  # on_train_epoch_start
-        net.on_train_epoch_start(0)
-    if isinstance(optimizer, EpochAware):
-        optimizer.on_train_epoch_start(0)
-    batches.set_epoch(0)
-    loss_sum = torch.zeros((), device=device)  # what self.log("train/loss", on_epoch) sums
-    for x, y in itertools.islice(batches, total):
-        if module.channels_last:  # as Classifier does with its inputs
-            x = x.contiguous(memory_format=torch.channels_last)
-        x = module.resize_for_training(x, 0)  # progressive resizing, as training_step
-        # training_step, in what Lightning's precision plugin wraps it in
-        with torch.autocast(device.type, torch.bfloat16, enabled=s.precision == "bf16-mixed"):
-            logits = net(x)
-            loss = module.criterion(logits, y)
-            preds = logits.detach().argmax(1)
-            module.train_acc(preds, y)
-        loss_sum += loss.detach()
-        optimizer.zero_grad()  # Lightning: inside the closure, after training_step
-        loss.backward()
-        optimizer.step()
-        for scheduler in schedulers:
-            scheduler.step()
-    # Epoch end: the logged epoch values are computed (one host sync), the metric reset.
-    float(module.train_acc.compute())
-    float(loss_sum / total)
-    module.train_acc.reset()
+    step = 0
+    for epoch in itertools.count():
+        if step == total:
+            break
+        if isinstance(net, Network):  # on_train_epoch_start
+            net.on_train_epoch_start(epoch)
+        if isinstance(optimizer, EpochAware):
+            optimizer.on_train_epoch_start(epoch)
+        batches.set_epoch(epoch)
+        # what self.log("train/loss"/"train/acc", on_epoch) sums
+        loss_sum, correct, seen = torch.zeros((), device=device), 0, 0
+        for b, (x, y) in enumerate(itertools.islice(batches, total - step)):
+            if module.channels_last:  # as Classifier does with its inputs
+                x = x.contiguous(memory_format=torch.channels_last)
+            x = module.resize_for_training(x, epoch)  # progressive resizing, as training_step
+            # training_step, in what Lightning's precision plugin wraps it in
+            with torch.autocast(device.type, torch.bfloat16, enabled=s.precision == "bf16-mixed"):
+                logits = net(x)
+                loss = module.criterion(logits, y)
+            loss_sum += loss.detach() * len(y)
+            correct = correct + (logits.detach().argmax(1) == y).sum()
+            seen += len(y)
+            optimizer.zero_grad()  # Lightning: inside the closure, after training_step
+            loss.backward()
+            optimizer.step()
+            for scheduler in schedulers:
+                scheduler.step()
+            step += 1
+            if look is not None:  # Lookahead.on_train_batch_end
+                if epoch >= look.start_epoch and step % look.every_n_steps == 0:
+                    look.update(net, look.rho(step, total))
+                if look.ema is not None and (b + 1 == s.per_epoch or step == total):
+                    look.update(net, 1.0)  # the epoch's (or the run's) end
+        # Epoch end: the logged epoch values are read (one host sync each).
+        float(loss_sum / seen), float(correct / seen)
     return now() - start, module
 
 
 def max_weight_diff(a: Classifier, b: Classifier) -> float:
+    # On the CPU: Lightning's teardown leaves its module there, the plain loop's stays put.
     sa, sb = a.net.state_dict(), b.net.state_dict()
-    return max((sa[k].double() - sb[k].double()).abs().max().item() if sa[k].numel() else 0.0
-               for k in sa)  # fmt: skip
+    return max((sa[k].cpu().double() - sb[k].cpu().double()).abs().max().item()
+               if sa[k].numel() else 0.0 for k in sa)  # fmt: skip
 
 
 def measure(s: Setup, repeats: int, features: list[str]) -> dict[str, Any]:
@@ -229,12 +256,14 @@ def print_table(m: dict[str, Any], steps: int, unit: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p = parser(__doc__, "benchmarks/results/loop_overhead.json")
-    p.add_argument("--steps", type=int, help="steps per run instead of one full epoch")
+    p.add_argument("--epochs", type=int, default=1, help="epochs per run (default 1)")
+    p.add_argument("--steps", type=int, help="at most this many steps per run")
     p.add_argument("--repeats", type=int, default=3, help="timed rounds after the warm-up")
     p.add_argument("--no-features", dest="per_feature", action="store_false",
                    help="only plain, lightning and train.py")  # fmt: skip
     args = parse(p, argv)
-    overrides = [*args.overrides, "trainer.max_epochs=1", f"trainer.max_steps={args.steps or -1}"]
+    overrides = [*args.overrides, f"trainer.max_epochs={args.epochs}",
+                 f"trainer.max_steps={args.steps or -1}"]  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp, run_config(args.experiment, overrides,
                                                           Path(tmp) / "run") as cfg:  # fmt: skip
         s = Setup(cfg, Path(tmp) / "run")

@@ -99,10 +99,13 @@ def restore_weights(module: nn.Module, ckpt: dict[str, Any], path: str | Path) -
     own = module.state_dict()
     saved = ckpt["state_dict"]
     # Running metric states (train_acc, train_loss) are not weights: a checkpoint written before
-    # one of them was kept may lack it, and loads with the metric's fresh state.
+    # one of them was kept may lack it, and loads with the metric's fresh state; one written by
+    # an older kind of metric (train_acc's torchmetrics counts) has states this one lacks,
+    # which are left out.
     metrics = tuple(f"{n}." for n, m in module.named_modules() if n and isinstance(m, Metric))
     missing = [k for k in own if k not in saved and not k.startswith(metrics)]
-    unexpected = [k for k in saved if k not in own]
+    unexpected = [k for k in saved if k not in own and not k.startswith(metrics)]
+    saved = {k: v for k, v in saved.items() if k in own}
     shapes = [
         f"{k} (file {list(saved[k].shape)}, model {list(v.shape)})"
         for k, v in own.items()

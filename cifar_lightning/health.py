@@ -3,8 +3,9 @@
 The seed experiment reported 9.75 % test accuracy while its training loss fell: a random
 transform on the test set and a model that was not the trained one, found by nobody. Each check
 here turns one such cause into a console warning that names it and what to try, and into an
-entry of results.json's `health` list. The checks cost a few tensor ops per batch and one host
-sync per epoch (or per `sync_every_n_steps` steps for the loss checks).
+entry of results.json's `health` list. The checks cost a few tensor ops per batch and read their
+values on the host only at Lightning's logging points (every `trainer.log_every_n_steps` steps
+and at the epoch's end), so they never make a GPU training step wait.
 """
 
 from __future__ import annotations
@@ -40,7 +41,6 @@ class HealthCheck(L.Callback):
         trained_margin: float = 0.2,
         loss_window_steps: int = 200,
         loss_min_drop: float = 0.01,
-        sync_every_n_steps: int = 50,
         overlap_tolerance: float = 0.001,
     ) -> None:
         self.collapse_max_share = collapse_max_share
@@ -49,7 +49,6 @@ class HealthCheck(L.Callback):
         self.trained_margin = trained_margin
         self.loss_window_steps = loss_window_steps
         self.loss_min_drop = loss_min_drop
-        self.sync_every_n_steps = sync_every_n_steps
         self.overlap_tolerance = overlap_tolerance
         self.findings: list[dict[str, str]] = []
         # Accuracy a trained model showed: train accuracy during fit, or what eval.py reads
@@ -58,9 +57,9 @@ class HealthCheck(L.Callback):
         self._reset_epoch()
         self._train_correct: Tensor | int = 0
         self._train_total = 0
-        self._loss_sums: list[Tensor] = []
+        self._loss_sum: Tensor | None = None  # the training losses summed since the fit began
+        self._window_ends: list[Tensor] = []  # _loss_sum after the first and second windows
         self._track_loss = False
-        self._bad_loss: Tensor | None = None
         self._pending_collapse: str | None = None  # the fit's latest validation found one
 
     # -- findings -------------------------------------------------------------------------------
@@ -123,32 +122,43 @@ class HealthCheck(L.Callback):
         self._check_data(trainer, ("test",))
 
     # -- during training: the loss ----------------------------------------------------------------
+    # Per step only in-place adds on the device; the values are read at Lightning's logging
+    # points (every trainer.log_every_n_steps steps, the epoch's end, a checkpoint), where the
+    # loop reads the logged metrics anyway, so a GPU step never waits for them.
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
-        loss = outputs["loss"].detach() if isinstance(outputs, dict) else outputs.detach()
-        bad = ~torch.isfinite(loss)
-        self._bad_loss = bad if self._bad_loss is None else self._bad_loss | bad
-        self._count_train(outputs, batch)
-        step = trainer.global_step
-        window = self.loss_window_steps
-        if self._track_loss and window and step <= 2 * window:
-            # Sum the loss over the first and the second window of steps, on the device.
-            idx = 0 if step <= window else 1
-            while len(self._loss_sums) <= idx:
-                self._loss_sums.append(torch.zeros((), device=loss.device))
-            self._loss_sums[idx] += loss.float()
-            if step == 2 * window:
-                first, second = (s.item() / window for s in self._loss_sums)
-                if math.isfinite(first) and second > first * (1 - self.loss_min_drop):
-                    self.report("loss_not_falling", "train",
-                                f"the training loss did not fall over the first {2 * window} "
-                                f"steps ({first:.3f} -> {second:.3f}): the learning rate is "
-                                f"likely too high or too low. Try tune_lr=true, or debug=overfit "
-                                f"to check the model can learn at all.")  # fmt: skip
-        if step % self.sync_every_n_steps == 0:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        with torch.no_grad():
+            if self._loss_sum is None:
+                self._loss_sum = torch.zeros((), device=loss.device)
+            # One running sum finds a NaN/inf loss (it stays non-finite) and gives the windows.
+            self._loss_sum.add_(loss)
+            self._count_train(outputs, batch)
+            step, window = trainer.global_step, self.loss_window_steps
+            if self._track_loss and window and step in (window, 2 * window):
+                self._window_ends.append(self._loss_sum.clone())  # the sum after steps 1..step
+        last = batch_idx + 1 >= trainer.num_training_batches
+        if last or trainer.global_step % max(1, trainer.log_every_n_steps) == 0:
             self._raise_if_diverged(trainer)
+            self._check_loss_windows()
+
+    def _check_loss_windows(self) -> None:
+        """Once the second window has ended: did the mean loss fall from the first to it?"""
+        if len(self._window_ends) < 2:
+            return
+        window = self.loss_window_steps
+        first, both = (float(s) for s in self._window_ends)
+        self._window_ends = []
+        self._track_loss = False
+        first, second = first / window, (both - first) / window
+        if math.isfinite(first) and second > first * (1 - self.loss_min_drop):
+            self.report("loss_not_falling", "train",
+                        f"the training loss did not fall over the first {2 * window} "
+                        f"steps ({first:.3f} -> {second:.3f}): the learning rate is "
+                        f"likely too high or too low. Try tune_lr=true, or debug=overfit "
+                        f"to check the model can learn at all.")  # fmt: skip
 
     def _raise_if_diverged(self, trainer: L.Trainer) -> None:
-        if self._bad_loss is not None and bool(self._bad_loss):
+        if self._loss_sum is not None and not bool(torch.isfinite(self._loss_sum)):
             self.report(
                 "nonfinite_loss",
                 "train",
@@ -186,6 +196,7 @@ class HealthCheck(L.Callback):
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:  # noqa: ANN001
         self._raise_if_diverged(trainer)
+        self._check_loss_windows()
         if self._train_total:
             self.reference_acc = float(self._train_correct) / self._train_total
 

@@ -74,9 +74,13 @@ class Lookahead(pl.Callback):
         for name, t in tensors.items():
             ema = self.ema[name]
             if ema.device != t.device or ema.dtype != t.dtype:  # e.g. loaded from a checkpoint
-                ema = self.ema[name] = ema.to(device=t.device, dtype=t.dtype)
-            ema.lerp_(t, 1.0 - rho)
-            t.copy_(ema)
+                self.ema[name] = ema.to(device=t.device, dtype=t.dtype)
+        # Two multi-tensor ops for the whole network (CUDA: a few kernels, not two per tensor).
+        # The same arithmetic as a lerp_ and a copy_ per tensor; rho=1 leaves the average as is.
+        ema, weights = [self.ema[n] for n in tensors], list(tensors.values())
+        if rho != 1.0:
+            torch._foreach_lerp_(ema, weights, 1.0 - rho)
+        torch._foreach_copy_(weights, ema)
 
     def on_train_batch_end(
         self,

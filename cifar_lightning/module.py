@@ -17,6 +17,7 @@ from torchmetrics.classification import (
 )
 
 from cifar_lightning import DISPLAY_NAMES
+from cifar_lightning.metrics import RunningMean
 from cifar_lightning.models.network import Network, default_param_groups
 from cifar_lightning.optim import EpochAware
 from cifar_lightning.schedulers import GroupDecay
@@ -60,9 +61,12 @@ class Classifier(L.LightningModule):
         self.class_names = class_names
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         # One metric object per stage: their states never mix.
-        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.train_acc.persistent(True)  # a mid-epoch resume keeps the epoch's running counts
-        self.train_loss = MeanMetric()  # the epoch's mean loss, in checkpoints for the same reason
+        # Training: running sums on the device, read only when Lightning logs the epoch's
+        # values (metrics.py says why not torchmetrics' own). Persistent: a mid-epoch resume
+        # keeps the epoch's running sums.
+        self.train_acc = RunningMean()  # correct predictions / images
+        self.train_acc.persistent(True)
+        self.train_loss = RunningMean()  # the epoch's mean loss over its images
         self.train_loss.persistent(True)
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -150,9 +154,9 @@ class Classifier(L.LightningModule):
         logits = self(x)
         loss = self.criterion(logits, y)
         preds = logits.detach().argmax(1)
-        self.train_acc(preds, y)
-        # Epoch-level only: values stay on the device, no .item() sync per step.
-        self.train_loss.update(loss.detach(), weight=len(y))
+        # Epoch-level only: sums stay on the device, nothing is read back per step.
+        self.train_acc.update((preds == y).sum(), len(y))
+        self.train_loss.update(loss.detach() * len(y), len(y))
         self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, prog_bar=True)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
         return {"loss": loss, "preds": preds}  # predictions feed the health checks
@@ -288,6 +292,7 @@ class Classifier(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._rng_state = checkpoint.get("rng_state")
+        upgrade_train_acc(checkpoint.get("state_dict", {}))
 
     def on_train_start(self) -> None:
         # Restored here, after the sanity check, right before the first resumed batch.
@@ -297,3 +302,13 @@ class Classifier(L.LightningModule):
             if "cuda" in state and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(state["cuda"])
             self._rng_state = None
+
+
+def upgrade_train_acc(state: dict[str, Any]) -> None:
+    """A checkpoint written while train_acc was torchmetrics' MulticlassAccuracy (micro) holds
+    its counts tp, fp, tn, fn: as RunningMean's states, correct = tp of tp + fn images."""
+    if "train_acc.tp" in state:
+        tp, fn = state.pop("train_acc.tp"), state.pop("train_acc.fn")
+        state.pop("train_acc.fp", None), state.pop("train_acc.tn", None)
+        state["train_acc.mean_value"] = tp.sum().float()
+        state["train_acc.weight"] = (tp + fn).sum().float()

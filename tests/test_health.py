@@ -103,7 +103,7 @@ class NaNAt(L.Callback):
 
 
 def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(folder_root, tmp_path):
-    dm, module, health, _ = make(folder_root, tmp_path, sync_every_n_steps=100)
+    dm, module, health, _ = make(folder_root, tmp_path)
     ckpts = L.callbacks.ModelCheckpoint(dirpath=tmp_path, save_top_k=0, save_last=True,
                                         every_n_train_steps=2)  # fmt: skip
     trainer = L.Trainer(accelerator="cpu", max_epochs=3, logger=False, enable_progress_bar=False,

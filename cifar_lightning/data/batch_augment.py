@@ -111,6 +111,7 @@ class BatchAugment:
         self.warps = bool(self.degrees or self.distortion or self.rotation)
         self._buffers: dict[tuple, torch.Tensor] = {}  # see _buffer
         self._padded: tuple[torch.Tensor, torch.Tensor] | None = None  # see prepare
+        self._half: tuple[tuple, torch.Tensor] | None = None  # see _flips
 
     def _buffer(
         self, name: str, shape: tuple, dtype: torch.dtype, device: torch.device
@@ -123,8 +124,12 @@ class BatchAugment:
             self._buffers[key] = torch.zeros(shape, dtype=dtype, device=device)
         return self._buffers[key]
 
-    def sample(self, n: int, generator: torch.Generator, device: torch.device) -> dict:
-        """Per-image parameters, named and distributed as in torchvision's make_params."""
+    def sample(
+        self, n: int, generator: torch.Generator, device: torch.device, flips: bool = True
+    ) -> dict:
+        """Per-image parameters, named and distributed as in torchvision's make_params.
+        flips=False: no random flips drawn (alternating flips replace them); being drawn after
+        the crops, leaving them out changes no other parameter."""
         g, p = generator, self.preset
         kw = {"generator": g, "device": device}
 
@@ -135,7 +140,7 @@ class BatchAugment:
         if p.crop_padding:  # RandomCrop: top, left ~ randint(0, 2 * padding + 1)
             out["top"] = torch.randint(0, 2 * p.crop_padding + 1, (n,), **kw)
             out["left"] = torch.randint(0, 2 * p.crop_padding + 1, (n,), **kw)
-        if p.flip:  # RandomHorizontalFlip(p=0.5)
+        if p.flip and flips:  # RandomHorizontalFlip(p=0.5)
             out["flip"] = torch.rand(n, **kw) < 0.5
         if self.degrees:  # RandomAffine: angle, integer translate, scale, shear
             out["angle"] = uniform(*self.degrees)
@@ -168,13 +173,35 @@ class BatchAugment:
             h = ((h ^ (h >> 15)) * 0x2C1B3C6D) & 0x7FFFFFFF
         return ((h >> 16) & 1).bool()
 
-    def _params(self, seed: int, epoch: int, index: torch.Tensor, device: torch.device) -> dict:
-        g = torch.Generator(device=device).manual_seed(seed)
-        params = self.sample(len(index), g, device)
-        if self.alternating_flip and self.preset.flip:
-            # airbench: every image is flipped on every other epoch instead of at random, so
-            # consecutive epochs always see both orientations.
-            params["flip"] = self.fixed_half(index) ^ bool(epoch % 2)
+    def _flips(self, index: torch.Tensor, epoch: int, size: int) -> torch.Tensor:
+        """Alternating flips of images `index` of a source of `size` images: fixed_half of
+        every id, hashed once per source and looked up (one op per batch instead of a dozen)."""
+        key = (size, index.device)
+        if self._half is None or self._half[0] != key:
+            self._half = (key, self.fixed_half(torch.arange(size, device=index.device)))
+        flip = self._half[1].index_select(0, index)
+        # airbench: every image is flipped on every other epoch instead of at random, so
+        # consecutive epochs always see both orientations.
+        return ~flip if epoch % 2 else flip
+
+    def _params(
+        self,
+        seeds: Sequence[int],
+        sizes: Sequence[int],
+        epoch: int,
+        index: torch.Tensor,
+        source_size: int,
+    ) -> dict:
+        """Parameters for consecutive batches of `sizes` images, batch b's drawn from a generator
+        seeded with seeds[b], of images `index` (all batches') of a source of `source_size`."""
+        device, alternating = index.device, self.alternating_flip and self.preset.flip
+        drawn = [self.sample(n, torch.Generator(device=device).manual_seed(seed), device,
+                             flips=not alternating)
+                 for seed, n in zip(seeds, sizes, strict=True)]  # fmt: skip
+        params = drawn[0] if len(drawn) == 1 else {
+            k: torch.cat([d[k] for d in drawn]) for k in drawn[0]}  # fmt: skip
+        if alternating:
+            params["flip"] = self._flips(index, epoch, source_size)
         return params
 
     def gather(
@@ -189,9 +216,30 @@ class BatchAugment:
         which must not change in place. Per batch that leaves one gather of image rows where
         augmenting the gathered batch would copy it and its mirror image into a padded buffer
         and gather again."""
-        params = self._params(seed, epoch, index, source.device)
+        return self.gather_batches(source, index, [seed], [len(index)], epoch)
+
+    def gather_batches(
+        self,
+        source: torch.Tensor,
+        index: torch.Tensor,
+        seeds: Sequence[int],
+        sizes: Sequence[int],
+        epoch: int,
+    ) -> torch.Tensor:
+        """gather() of consecutive batches in one go: `index` holds their images in order,
+        batch b has sizes[b] of them and its parameters drawn from seeds[b]. The result is
+        exactly the batches one gather() per batch gives, one after another, made with a few
+        large ops in place of a dozen small ones per batch (on a GPU, kernel launches the
+        training step would wait behind). Presets with warps go batch by batch."""
         if self.warps:
-            return self.apply(source.index_select(0, index), params)
+            out, lo = [], 0
+            for seed, n in zip(seeds, sizes, strict=True):
+                idx = index if len(sizes) == 1 else index[lo : lo + n]
+                params = self._params([seed], [n], epoch, idx, len(source))
+                out.append(self.apply(source.index_select(0, idx), params))
+                lo += n
+            return out[0] if len(out) == 1 else torch.cat(out)
+        params = self._params(seeds, sizes, epoch, index, len(source))
         if "top" in params or "flip" in params:
             x = self._crop_flip(self.prepare(source), index, params)
         else:

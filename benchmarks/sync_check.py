@@ -1,0 +1,105 @@
+"""On a CUDA GPU: does a recipe's training step ever wait for the device outside a logging point?
+
+Runs the recipe as train.py trains it (its callbacks, health checks, checkpoints, logger) with
+`torch.cuda.set_sync_debug_mode("error")` switched on for every training step that is not a
+logging point (`trainer.log_every_n_steps`, an epoch's last batch), the fetch of its batch
+included: any synchronising CUDA call there (`item`, `.cpu()`, `nonzero`, a blocking copy) raises
+and names the line. Logging points, epoch ends, validation and checkpoints run unchecked: that is
+where the loop reads its metrics. The CPU-side twin of this check is benchmarks/op_count.py
+(host reads counted on any machine); this one is authoritative for CUDA.
+
+    python benchmarks/sync_check.py --experiment fast94 --steps 150 data.root=data/cifar10-jpeg
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as L
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere
+
+from benchmarks.common import parse, parser, run_config, save  # noqa: E402
+from cifar_lightning.pipeline import build, build_callbacks, make_trainer  # noqa: E402
+
+
+def logging_point(trainer: L.Trainer, batch_idx: int) -> bool:
+    """Whether Lightning logs at this training batch (checked before it runs)."""
+    stepped = trainer.fit_loop.epoch_loop._batches_that_stepped + 1
+    last = batch_idx + 1 >= trainer.num_training_batches
+    return stepped % trainer.log_every_n_steps == 0 or last
+
+
+class SyncGuard(L.Callback):
+    """Errors on synchronising CUDA calls from one step's start to the next's, except around
+    logging points. Listed first, so that its hooks run before every other callback's."""
+
+    def __init__(self) -> None:
+        self.checked = 0  # steps run under the guard
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: ANN001
+        # The batch was fetched under the previous step's mode: a step after a logging point
+        # fetches unchecked, all others checked.
+        guarded = not logging_point(trainer, batch_idx)
+        torch.cuda.set_sync_debug_mode("error" if guarded else "default")
+        self.checked += guarded
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        torch.cuda.set_sync_debug_mode("default")
+
+    def on_exception(self, trainer, pl_module, exception) -> None:  # noqa: ANN001
+        torch.cuda.set_sync_debug_mode("default")
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    p = parser(__doc__, "benchmarks/results/sync_check.json")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=150,
+        help="training steps (fast94: 150 reaches Lookahead's first averages)",
+    )
+    args = parse(p, argv)
+    if not torch.cuda.is_available():
+        raise SystemExit("sync_check needs a CUDA GPU (benchmarks/op_count.py counts host reads "
+                         "on any machine)")  # fmt: skip
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        run_config(
+            args.experiment,
+            [f"trainer.max_steps={args.steps}", "test=false", *args.overrides],
+            Path(tmp) / "run",
+        ) as cfg,
+    ):
+        seed = L.seed_everything(cfg.seed, workers=True, verbose=False)
+        datamodule, module = build(cfg, seed)
+        module.run_config = {}
+        callbacks, _, _ = build_callbacks(cfg, datamodule)
+        guard = SyncGuard()
+        trainer = make_trainer(cfg.trainer, cfg.logger, [guard, *callbacks], Path(tmp) / "run")
+        error = None
+        try:
+            trainer.fit(module, datamodule=datamodule)
+        except RuntimeError as err:  # the synchronising call, with its stack in the message
+            error = str(err).splitlines()[0]
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    ok = error is None and trainer.global_step == args.steps
+    print(
+        f"{args.experiment}: {trainer.global_step} steps, {guard.checked} under "
+        f"set_sync_debug_mode('error'): {'no synchronising call' if ok else error}"
+    )
+    result = save({**vars(args), "steps_run": trainer.global_step, "steps_checked": guard.checked,
+                   "error": error, "ok": ok}, args.out)  # fmt: skip
+    if not ok:
+        raise SystemExit(1)
+    return result
+
+
+if __name__ == "__main__":
+    main()

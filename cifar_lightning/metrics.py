@@ -1,0 +1,40 @@
+"""A running weighted mean for the training step: two in-place adds on the device per update.
+
+torchmetrics' MulticlassAccuracy and MeanMetric check their arguments on every update (a
+`torch.unique` of the labels, a NaN test of the values): each check reads a value back from the
+device, so every training step waited for the GPU, and their forward() dispatches some 60 ops
+per step. The training step only needs sums, and the sums are what torchmetrics synchronises
+across DDP ranks anyway. (MeanMetric(nan_strategy="disable"), which skips the NaN test, ignores
+`weight` in torchmetrics 1.9: a partial last batch would then weigh as much as a full one.)
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+
+
+class RunningMean(Metric):
+    """sum(value_sum) / sum(weight) over the updates since the last reset.
+
+    update(value_sum, weight) takes the batch's sum (loss x batch size, correct predictions) and
+    its weight (the batch size), never reads them on the host, and compute() is the only read.
+    Under DDP both sums are summed over the ranks before the division: the mean over every
+    image. The states keep MeanMetric's names (mean_value: the weighted sum, weight), so a
+    checkpoint's train_loss states load either way.
+    """
+
+    full_state_update = False  # update() needs no earlier state: forward() is never used
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("mean_value", torch.zeros(()), dist_reduce_fx="sum")
+        self.add_state("weight", torch.zeros(()), dist_reduce_fx="sum")
+
+    def update(self, value_sum: Tensor, weight: int | float) -> None:  # type: ignore[override]
+        self.mean_value += value_sum
+        self.weight += weight
+
+    def compute(self) -> Tensor:
+        return self.mean_value / self.weight

@@ -1,0 +1,114 @@
+"""What a training step costs the host: no device value read back outside Lightning's logging
+points, no more aten ops than airbench94's loop plus 10 %, and the arithmetic of a plain PyTorch
+loop (issue 28). Counted with benchmarks/op_count.py, on tiny synthetic data: the counts do not
+depend on image count or network width."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks import loop_overhead, op_count
+from benchmarks.common import run_config
+from cifar_lightning.metrics import RunningMean
+from cifar_lightning.module import upgrade_train_acc
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
+NARROW = ["model.widths=[8,8,8]"]  # fastnet at a fraction of the work, the same ops
+# (epochs, batch to count at: 0 = the overrides' own, overrides): long enough to cross the
+# health checks' logging points and loss windows, fast94's Lookahead phase (from epoch 3) and
+# fast_cpu's change of input size.
+RECIPES = {
+    "fast94": (4, 8, NARROW),  # 48 steps an epoch (as on 50,000 images), logging every 48
+    "fast_cpu": (2, 8, NARROW),  # 25 steps an epoch, logging every 5
+    "none": (2, 0, ["data.batch_size=32", "data.val_size=50", "data.num_workers=0",
+                    "trainer.log_every_n_steps=4"]),  # the default recipe, with validation
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def counts(folder_root: Path) -> dict[str, dict]:
+    found = {}
+    for name, (epochs, batch, overrides) in RECIPES.items():
+        found[name] = op_count.run(name, [f"data.root={folder_root}", *overrides], epochs, batch)
+    return found
+
+
+def outside_logging_points(count: dict) -> list[str]:
+    return [f"{r['op']} at epoch {r['epoch']} batch {r['batch']}: "
+            f"{' <- '.join(reversed(r['stack'][-4:]))}" for r in count["host_reads"]
+            if "step" in r and not r["logging_point"] and not r["host_resident"]]  # fmt: skip
+
+
+@pytest.mark.parametrize("recipe", list(RECIPES))
+def test_training_steps_read_nothing_back_outside_logging_points(counts, recipe):
+    count = counts[recipe]
+    assert outside_logging_points(count) == []
+    # The counter does see reads: the logging points read the epoch's metrics and health.
+    at_points = [r for r in count["host_reads"] if r.get("logging_point") and not
+                 r["host_resident"]]  # fmt: skip
+    assert at_points
+
+
+def test_fast94_dispatches_no_more_ops_per_step_than_airbench94_plus_10_percent(counts):
+    count = counts["fast94"]
+    assert count["steps_per_epoch"] == 48 and count["log_every_n_steps"] == 48
+    assert set(count["median_step_last_epoch"]) == {"plain", "averaging"}  # Lookahead counted
+    assert op_count.summarise(count)["ops_per_step_last_epoch"] <= op_count.TARGET
+
+
+def test_the_counter_sees_every_kind_of_host_read():
+    x = torch.arange(6.0)
+    with op_count.Count() as count:
+        count.where = {"step": 0, "logging_point": False}
+        x.sum().item(), float(x[0]), bool(x[1]), int(x[2])
+        x.tolist(), x.numpy(), x.cpu()
+        x.nonzero(), x.unique(), x[x > 2]
+    ops = [r["op"] for r in count.reads]
+    assert ops.count("_local_scalar_dense") == 4
+    assert {"tolist", "numpy", "cpu", "nonzero", "_unique2"} <= set(ops)
+    assert {"index", "nonzero"} & set(ops[-2:])  # boolean-mask indexing
+    assert torch.Tensor.tolist is not count._wrap  # restored on exit
+    assert x.tolist() == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0] and len(count.reads) == len(ops)
+
+
+def test_train_py_trainer_and_the_plain_loop_end_with_the_same_weights(folder_root, tmp_path):
+    """fast94's first steps (fp32, CPU) through train.py's trainer, with every callback (health
+    checks, checkpoints, Lookahead from its second epoch on, averaging every 2 steps), and
+    through loop_overhead's plain PyTorch loop, which has none of the project's metric or
+    health code: the same weights to the last bit. (CPU kernels only: says nothing of CUDA's.)"""
+    overrides = [f"data.root={folder_root}", *NARROW, "trainer.accelerator=cpu",
+                 "trainer.precision=32-true", "data.batch_size=32", "trainer.max_epochs=3",
+                 "trainer.max_steps=-1", "callbacks.lookahead.start_epoch=1",
+                 "callbacks.lookahead.every_n_steps=2"]  # fmt: skip
+    with run_config("fast94", overrides, tmp_path / "run") as cfg:
+        setup = loop_overhead.Setup(cfg, tmp_path / "run")
+        _, _, lightning = loop_overhead.run_lightning(setup, None)
+        _, plain = loop_overhead.run_plain(setup)
+    assert setup.steps == 36
+    assert loop_overhead.max_weight_diff(lightning, plain) == 0.0
+    fresh = loop_overhead.Setup.module(setup)
+    assert loop_overhead.max_weight_diff(fresh, plain) > 0  # it did train
+
+
+def test_running_mean_weighs_a_partial_batch_by_its_size():
+    mean = RunningMean()
+    mean.update(torch.tensor(2.0) * 4, 4)  # batch of 4, mean loss 2
+    mean.update(torch.tensor(5.0) * 1, 1)  # a last batch of 1, mean loss 5
+    assert mean.compute().item() == pytest.approx(13 / 5)
+    mean.reset()
+    mean.update(torch.tensor(3.0), 4)  # 3 correct of 4
+    assert mean.compute().item() == 0.75
+
+
+def test_an_older_checkpoints_running_accuracy_counts_carry_over():
+    # torchmetrics' micro MulticlassAccuracy: 30 of 40 correct (fn: the 10 wrong ones).
+    state = {"train_acc.tp": torch.tensor(30), "train_acc.fp": torch.tensor(10),
+             "train_acc.tn": torch.tensor(350), "train_acc.fn": torch.tensor(10)}  # fmt: skip
+    upgrade_train_acc(state)
+    mean = RunningMean()
+    mean.load_state_dict({k.split(".", 1)[1]: v for k, v in state.items()}, strict=True)
+    assert mean.compute().item() == 0.75
