@@ -112,6 +112,30 @@ def test_training_batches_keep_images_with_their_labels():
     assert xs.shape == (50, 3, 32, 32) and sorted(ys.tolist()) == list(range(50))
 
 
+@pytest.mark.parametrize("name, alternating", [("fast", True), ("standard", False)])
+@pytest.mark.parametrize("drop_last", [True, False])
+def test_chunked_training_batches_equal_one_gather_per_batch(
+    monkeypatch, name, alternating, drop_last
+):
+    """DeviceBatches augments chunks of batches at once (gather_batches): every batch, a resumed
+    pass's too, must be exactly what one gather per batch with that batch's seed gives."""
+    from cifar_lightning.data import device_loader
+
+    monkeypatch.setattr(device_loader, "CHUNK_IMAGES", 24)  # chunks of 3 batches of 8
+    x, y = images(60), torch.arange(60)
+    aug = BatchAugment(preset(name), alternating_flip=alternating, flip_seed=5)
+    ours = DeviceBatches(x, y, 8, shuffle=True, augment=aug, seed=3, drop_last=drop_last)
+    for epoch, resume in ((0, 0), (1, 0), (1, 4)):
+        ours.load_state_dict({"epoch": epoch, "position": resume})
+        got = list(ours)
+        index = ours.order.indices(epoch)
+        assert len(got) == len(ours) - resume == (7 if drop_last else 8) - resume
+        for b, (xb, yb) in enumerate(got, start=resume):
+            idx = index[b * 8 : (b + 1) * 8]
+            want = aug.gather(x, idx, ours.order.batch_seed(epoch, b), epoch)
+            assert torch.equal(yb, y[idx]) and torch.equal(xb, want)
+
+
 def test_evaluation_batches_are_never_augmented():
     p = preset("standard")
     x, y = images(40), torch.arange(40)
