@@ -106,6 +106,16 @@ def test_val_and_test_are_disjoint_from_training(folder_root):
     assert not train_bytes & {bytes(x) for x in splits.test_x.numpy()}
 
 
+def test_each_split_has_the_digests_of_its_images(folder_root):
+    # Stored in the cache, indexed by the split: they describe the split's images, in order.
+    dm = datamodule(folder_root, val_size=30, train_size=200)
+    for split in ("train", "val", "test", "train_clean"):
+        stored = dm.image_digests(split)
+        assert torch.equal(stored, sources.image_digests(getattr(dm, f"{split}_set").x))
+        assert stored.shape == (dm.sizes.get(split, len(stored)), 16)
+    assert len(dm.image_digests("train")) == 200 and len(dm.image_digests("val")) == 30
+
+
 def test_eval_transforms_are_deterministic_and_train_transforms_random(folder_root):
     dm = datamodule(folder_root)
     for ds in (dm.val_set, dm.test_set):

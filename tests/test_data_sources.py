@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cifar_lightning.data import sources
+from cifar_lightning.data import filetable, sources
 from cifar_lightning.errors import DataError
 from tests.synthetic import write_folder_layout, write_torchvision_layout
 
@@ -52,6 +52,23 @@ def same_size_png(path: Path, value: int) -> None:
 
 def first(folder: Path) -> Path:
     return sorted(folder.iterdir())[0]
+
+
+def settle(root: Path) -> None:
+    """Wait until the file system's clock has passed every file's mtime and ctime under `root`
+    (a few ms): a table written after that trusts them all (see filetable's racy rule)."""
+    latest = max(max(p.stat().st_mtime_ns, p.stat().st_ctime_ns) for p in root.rglob("*"))
+    while filetable.fs_now(root) <= latest:
+        pass
+
+
+@pytest.fixture
+def reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The files whose contents the source check reads, in order."""
+    seen: list[str] = []
+    digest = filetable.file_digest
+    monkeypatch.setattr(filetable, "file_digest", lambda path: seen.append(path) or digest(path))
+    return seen
 
 
 # Each change, made in one split (train/ or test/), and what a read without the cache says:
@@ -97,13 +114,19 @@ CHANGES: dict[str, tuple[Change, str]] = {
 }  # fmt: skip
 
 
+def uncompressed_layout(root: Path) -> Path:
+    """A tiny folder layout (20 train, 20 test images) of uncompressed PNGs (see same_size_png)."""
+    write_folder_layout(root, n_train=2, n_test=2)
+    for path in root.glob("*/*/*.png"):
+        Image.open(path).save(path, compress_level=0)
+    return root
+
+
 @pytest.fixture(scope="module")
 def cached(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, tuple]:
     """A tiny folder-layout root of uncompressed PNGs with its cache built, and the outcome of
     reading it."""
-    root = write_folder_layout(tmp_path_factory.mktemp("cached"), n_train=2, n_test=2)
-    for path in root.glob("*/*/*.png"):
-        Image.open(path).save(path, compress_level=0)
+    root = uncompressed_layout(tmp_path_factory.mktemp("cached"))
     return root, outcome(root)
 
 
@@ -114,7 +137,9 @@ def test_a_change_gets_the_answer_a_read_without_the_cache_gives(cached, tmp_pat
     change, expected = CHANGES[name]
     with_cache, fresh = tmp_path / "with_cache", tmp_path / "fresh"
     shutil.copytree(original, with_cache, symlinks=True)  # the cache travels with it
-    change(with_cache / split)
+    settle(with_cache)
+    assert outcome(with_cache) == before  # new inodes: every file read once, the table updated
+    change(with_cache / split)  # on files the table now vouches for by their stat keys
     shutil.copytree(with_cache, fresh, symlinks=True, ignore=shutil.ignore_patterns("*.pt"))
     assert not (fresh / sources.CACHE_NAME).exists()
 
@@ -123,18 +148,94 @@ def test_a_change_gets_the_answer_a_read_without_the_cache_gives(cached, tmp_pat
     check(got, before, expected)
 
 
-def test_a_copied_or_touched_source_keeps_its_cache(cached, tmp_path, caplog):
+def test_a_copied_or_touched_source_keeps_its_cache(cached, tmp_path, caplog, monkeypatch,
+                                                    reads):  # fmt: skip
     # Staged elsewhere with its cache (new inodes, mtimes) and touched: the same bytes, the
-    # same data: no rebuild.
+    # same data: no rebuild. Each file is read once, and the new stat keys recorded.
     original, before = cached
     root = tmp_path / "staged"
     shutil.copytree(original, root, copy_function=shutil.copy)  # no mtimes kept
     for p in (root / "test" / "dog").iterdir():
         os.utime(p)
-    built = (root / sources.CACHE_NAME).stat().st_mtime_ns
+    settle(root)
+    monkeypatch.setattr(sources, "read_folder", lambda root: pytest.fail("decoded again"))
     assert outcome(root) == before
     assert "rebuilding" not in caplog.text
-    assert (root / sources.CACHE_NAME).stat().st_mtime_ns == built
+    assert len(reads) == len(list(root.glob("*/*/*.png")))
+    reads.clear()
+    assert outcome(root) == before
+    assert reads == []
+
+
+def test_an_unchanged_source_is_checked_without_reading_a_file(tmp_path, reads):
+    root = uncompressed_layout(tmp_path / "d")
+    settle(root)
+    before = outcome(root)
+    reads.clear()
+    assert outcome(root) == before
+    assert reads == []
+    # One image edited in place, size and mtime kept: only it is read again (its ctime changed).
+    image = first(root / "train" / "cat")
+    same_size_png(image, 7)
+    check(outcome(root), before, "new")
+    assert reads == [str(image)]
+
+
+def test_files_not_older_than_the_table_are_read_at_every_check(tmp_path, monkeypatch, reads):
+    # git's racy-timestamp rule: a file changed within the clock tick the table was written in
+    # may change again in that tick without its stat key changing. Such a file gets no trusted
+    # key: every check reads it until the clock has moved on. Simulated by a file system clock
+    # stuck in the tick of one image's last change.
+    root = uncompressed_layout(tmp_path / "d")
+    settle(root)
+    racy = first(root / "test" / "ship")
+    same_size_png(racy, 9)
+    tick = racy.stat().st_ctime_ns
+    clock = filetable.fs_now
+    monkeypatch.setattr(filetable, "fs_now", lambda root: tick)
+    sources.prepare_cache(root, allow_download=False)
+    for _ in range(2):
+        reads.clear()
+        sources.prepare_cache(root, allow_download=False)
+        assert reads == [str(racy)]
+    monkeypatch.setattr(filetable, "fs_now", clock)  # the clock moves on
+    for expected in ([str(racy)], []):  # read once more, then trusted by its key
+        reads.clear()
+        sources.prepare_cache(root, allow_download=False)
+        assert reads == expected
+
+
+def test_an_old_cache_without_a_table_is_updated_in_place(tmp_path, monkeypatch, reads):
+    # A format-3 cache (signature only): every file read once, the table and the image
+    # digests added, nothing decoded again; then checks read nothing.
+    root = write_folder_layout(tmp_path / "d", n_train=2, n_test=1)
+    settle(root)
+    cache = sources.prepare_cache(root, allow_download=False)
+    current = torch.load(cache, weights_only=True)
+    old = {k: v for k, v in current.items() if k not in ("files", "train_digests", "test_digests")}
+    torch.save({**old, "format": 3}, cache)
+    assert sources.load_splits(root).train_digests.shape == (20, 16)  # readable as it is
+    monkeypatch.setattr(sources, "read_folder", lambda root: pytest.fail("decoded again"))
+    reads.clear()
+    sources.prepare_cache(root, allow_download=False)
+    assert len(reads) == 30
+    updated = torch.load(cache, weights_only=True)
+    assert updated["format"] == sources.CACHE_FORMAT
+    for split in ("train", "test"):
+        want = sources.image_digests(current[f"{split}_x"])
+        assert torch.equal(updated[f"{split}_digests"], want)
+    reads.clear()
+    sources.prepare_cache(root, allow_download=False)
+    assert reads == []
+
+
+def test_rehash_all_reads_every_file_and_writes_nothing(tmp_path, reads):
+    root = write_folder_layout(tmp_path / "d", n_train=2, n_test=1)
+    cache = sources.prepare_cache(root, allow_download=False)
+    built = cache.stat().st_mtime_ns
+    reads.clear()
+    sources.prepare_cache(root, allow_download=False, rehash_all=True)
+    assert len(reads) == 30 and cache.stat().st_mtime_ns == built
 
 
 def test_an_older_cache_is_rebuilt_and_says_why(cached, tmp_path, caplog):
@@ -182,3 +283,15 @@ def test_a_torchvision_change_gets_the_answer_a_fresh_read_gives(cached_torchvis
     got = outcome(with_cache)
     assert got == outcome(fresh)
     check(got, before, expected)
+
+
+def test_the_data_check_benchmark_runs(tmp_path):
+    # benchmarks/data_check.py's code path at a tiny size (its figures need the real data set).
+    from benchmarks import data_check
+
+    root = uncompressed_layout(tmp_path / "d")
+    settle(root)
+    out = tmp_path / "data_check.json"
+    result = data_check.main(["--data-root", str(root), "--rounds", "2", "--out", str(out)])
+    assert result["files"] == 40 and result["files_read_by_new"] == 0
+    assert len(result["rounds"]) == 2 and result["ratio"]["median"] > 0 and out.is_file()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import shutil
 from pathlib import Path
 
 import pytest
@@ -11,11 +12,12 @@ import torch
 from torch import nn
 
 from cifar_lightning.checkpoint import AtomicCheckpointIO
-from cifar_lightning.data import CIFAR10DataModule
+from cifar_lightning.data import CIFAR10DataModule, sources
 from cifar_lightning.data.augment import AugmentPreset, train_transform
 from cifar_lightning.health import HealthCheck, TrainingDiverged
 from cifar_lightning.models.network import Network
 from cifar_lightning.module import Classifier
+from tests.synthetic import write_folder_layout
 
 SEED_PRESET = AugmentPreset(
     crop_padding=4, flip=True, affine={"degrees": 40, "scale": (0.9, 1.1), "shear": 0},
@@ -137,6 +139,47 @@ def test_overlap_labels_and_empty_classes_are_found(folder_root, tmp_path):
     with pytest.raises(Exception):  # noqa: B017 - the metric rejects it too, after the check
         trainer.test(module, datamodule=dm, verbose=False)
     assert "label_range" in checks(health, "test")
+
+
+def test_overlap_comes_from_the_digests_stored_in_the_data_cache(tmp_path, monkeypatch):
+    # Duplicates in the data itself: 30 training images copied within train/ (some copies land
+    # in the validation split) and 5 into test/. The check finds both without hashing an image:
+    # the digests were stored when the cache was built.
+    root = write_folder_layout(tmp_path / "dup", n_train=10, n_test=2)
+    train_images = sorted((root / "train").glob("*/*.png"))
+    for i, path in enumerate(train_images[:30]):
+        shutil.copy(path, path.with_name(f"copy{i}.png"))
+    for i, path in enumerate(train_images[30:35]):
+        shutil.copy(path, root / "test" / path.parent.name / f"from-train{i}.png")
+    dm, module, health, trainer = make(root, tmp_path, epochs=1)
+    dm.prepare_data()
+    dm.setup()
+    calls = []
+    hash_images = sources.image_digests
+    monkeypatch.setattr(sources, "image_digests", lambda x: calls.append(len(x)) or hash_images(x))
+    trainer.fit(module, datamodule=dm)
+    trainer.test(module, datamodule=dm, verbose=False)
+    assert calls == []
+    assert {"val", "test"} <= {f["stage"] for f in health.findings if f["check"] == "overlap"}
+
+    # The count the stored digests gave is the count the images give.
+    def digest_set(x: torch.Tensor) -> set[bytes]:
+        return {bytes(row) for row in hash_images(x).numpy()}
+
+    shared = len(digest_set(dm.test_set.x) & digest_set(dm.train_set.x))
+    message = next(f["message"] for f in health.findings if f["stage"] == "test")
+    assert shared > 0 and message.startswith(f"{shared} of 25 test images are also training")
+
+
+def test_no_overlap_work_at_fit_start_without_a_validation_split(folder_root, monkeypatch):
+    dm = CIFAR10DataModule(root=str(folder_root), download=False, val_size=0, num_workers=0)
+    trainer = L.Trainer(accelerator="cpu", max_steps=1, logger=False, callbacks=[HealthCheck()],
+                        enable_progress_bar=False, enable_checkpointing=False,
+                        limit_val_batches=0)  # fmt: skip
+    asked = []
+    monkeypatch.setattr(CIFAR10DataModule, "image_digests", lambda self, split: asked.append(split))
+    trainer.fit(Classifier(small_net(), optimizer=torch.optim.SGD), datamodule=dm)
+    assert asked == []
 
 
 class CollapsesInEval(Network):

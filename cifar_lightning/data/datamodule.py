@@ -13,6 +13,7 @@ from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from cifar_lightning import CLASSES
+from cifar_lightning.data import sources
 from cifar_lightning.data.augment import AugmentPreset, eval_transform, train_transform
 from cifar_lightning.data.batch_augment import BatchAugment, normalize
 from cifar_lightning.data.device_loader import DeviceBatches
@@ -41,10 +42,18 @@ class ImageTensorDataset(Dataset):
     whichever worker, process or resumed run computes it.
     """
 
-    def __init__(
-        self, x: torch.Tensor, y: torch.Tensor, transform: Callable, seed: int | None = None
-    ) -> None:
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, transform: Callable,
+                 seed: int | None = None, digests: torch.Tensor | None = None) -> None:  # fmt: skip
         self.x, self.y, self.transform, self.seed = x, y, transform, seed
+        self._digests = (x, digests)  # digests of these images (sources.image_digests)
+
+    def image_digests(self) -> torch.Tensor:
+        """(N, 16) uint8, one digest per image: those the data cache stored, unless `x` was
+        replaced since (then hashed anew, to describe the images this dataset now holds)."""
+        x, digests = self._digests
+        if digests is None or x is not self.x:
+            self._digests = self.x, sources.image_digests(self.x)
+        return self._digests[1]
 
     def __len__(self) -> int:
         return len(self.y)
@@ -212,14 +221,14 @@ class CIFAR10DataModule(L.LightningDataModule):
         if self.train_size is not None:  # a fixed random subset, for quick studies
             self.train_index = self.train_index[: self.train_size]
         train_tf, eval_tf = train_transform(self.augment), eval_transform(self.augment)
-        x, y = splits.train_x, splits.train_y
-        self.train_set = ImageTensorDataset(
-            x[self.train_index], y[self.train_index], train_tf, seed=self.seed
-        )
-        self.val_set = ImageTensorDataset(x[self.val_index], y[self.val_index], eval_tf)
-        self.test_set = ImageTensorDataset(splits.test_x, splits.test_y, eval_tf)
+        x, y, d = splits.train_x, splits.train_y, splits.train_digests
+        ti, vi = self.train_index, self.val_index
+        self.train_set = ImageTensorDataset(x[ti], y[ti], train_tf, seed=self.seed, digests=d[ti])
+        self.val_set = ImageTensorDataset(x[vi], y[vi], eval_tf, digests=d[vi])
+        self.test_set = ImageTensorDataset(splits.test_x, splits.test_y, eval_tf,
+                                           digests=splits.test_digests)  # fmt: skip
         clean = self.train_index[:CLEAN_TRAIN_IMAGES]
-        self.train_clean_set = ImageTensorDataset(x[clean], y[clean], eval_tf)
+        self.train_clean_set = ImageTensorDataset(x[clean], y[clean], eval_tf, digests=d[clean])
         self.fingerprint = splits.fingerprint
 
     def _options(self) -> dict[str, Any]:
@@ -236,6 +245,11 @@ class CIFAR10DataModule(L.LightningDataModule):
             # stream, which a resumed run must find exactly where the interrupted one left it.
             "generator": torch.Generator(),
         }
+
+    def image_digests(self, split: str) -> torch.Tensor:
+        """(N, 16) uint8: a digest of each image of `split` (train, val, test or train_clean),
+        in the split's order, from the data cache (the health check's overlap). After setup."""
+        return self._split(split).image_digests()
 
     def _split(self, name: str) -> ImageTensorDataset:
         splits = {"train": self.train_set, "val": self.val_set, "test": self.test_set,

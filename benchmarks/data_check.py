@@ -1,0 +1,116 @@
+"""The data cache's source check on an unchanged folder: every file's contents read (the check
+before the file table) against the keyed check (each file stat'ed, none read), side by side.
+
+Each round times `sources.prepare_cache` on the same root once with rehash_all=True (old: list
+the source, read and hash every file, compare the signature) and once as every run calls it
+(new: list the source, stat every file, compare the keys with the cache's table), alternating
+which goes first. Both load the same cache's header and write nothing. A warm-up call of each
+goes first, so that the files are in the page cache and the table matches the folder; the
+check's count of files read is reported (0 when the table vouches for every file). Prints each
+round and the median new/old ratio with its least and greatest.
+
+Then the health check's train/test overlap at test start, the same way: its sets of image
+digests for the 50,000 training and 10,000 test images, old hashing every image, new taken from
+the digests the cache stores (health._hashes with and without the datamodule).
+
+    python benchmarks/data_check.py --data-root data/cifar10-jpeg --rounds 9
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere
+
+import torch  # noqa: E402
+
+from benchmarks.common import parse, parser, save, spread  # noqa: E402
+from cifar_lightning import health  # noqa: E402
+from cifar_lightning.data import CIFAR10DataModule, filetable, sources  # noqa: E402
+
+
+def cpu_model() -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+def timed_check(root: Path, rehash_all: bool) -> float:
+    start = time.perf_counter()
+    sources.prepare_cache(root, allow_download=False, rehash_all=rehash_all)
+    return time.perf_counter() - start
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    p = parser(__doc__, "benchmarks/results/data_check.json", experiment=False)
+    p.add_argument("--data-root", required=True, help="a data.root holding CIFAR-10")
+    p.add_argument("--rounds", type=int, default=9)
+    p.add_argument("--note", default="", help="conditions to record (e.g. shared cores)")
+    args = parse(p, argv)
+    root = Path(args.data_root)
+    cache = sources.prepare_cache(root, allow_download=False)  # built here if missing
+    for rehash_all in (True, False):  # warm-up: page cache, and a table that fits the folder
+        timed_check(root, rehash_all)
+    written = cache.stat().st_mtime_ns
+    got = sources.check_source(root, sources.find_source(root), _stored(cache))
+    files = sum(1 for n in got.table.names if not n.endswith("/"))
+    print(f"{root}: {files} files; the keyed check reads {got.read} of them")
+    rounds = []
+    for r in range(args.rounds):
+        t = {}
+        for name in ("old", "new") if r % 2 == 0 else ("new", "old"):
+            t[name] = timed_check(root, rehash_all=name == "old")
+        rounds.append({**t, "ratio": t["new"] / t["old"]})
+        print(f"round {r + 1}: old {t['old']:.3f} s, new {t['new']:.3f} s, "
+              f"new/old {rounds[-1]['ratio']:.3f}", flush=True)  # fmt: skip
+    if cache.stat().st_mtime_ns != written:
+        raise SystemExit("the cache was rewritten during the rounds: the folder is not unchanged")
+    result = {"files": files, "files_read_by_new": got.read, **summary("check", rounds)}
+    result["overlap"] = summary("overlap", overlap_rounds(root, args.rounds))
+    return save({**result, "cpu_model": cpu_model(), "note": args.note}, args.out)
+
+
+def overlap_rounds(root: Path, n: int) -> list[dict[str, float]]:
+    dm = CIFAR10DataModule(root=str(root), download=False, val_size=0, num_workers=0)
+    dm.setup()
+    rounds = []
+    for r in range(n):
+        t, shared = {}, {}
+        for name in ("old", "new") if r % 2 == 0 else ("new", "old"):
+            source = dm if name == "new" else None  # None: no stored digests, hash the images
+            start = time.perf_counter()
+            test = health._hashes(source, "test", dm.test_set)
+            shared[name] = len(test & health._hashes(source, "train", dm.train_set))
+            t[name] = time.perf_counter() - start
+        if shared["old"] != shared["new"]:
+            raise SystemExit(f"the two overlaps differ: {shared}")
+        rounds.append({**t, "ratio": t["new"] / t["old"], "shared": shared["new"]})
+        print(f"overlap round {r + 1}: old {t['old']:.3f} s, new {t['new']:.3f} s, "
+              f"new/old {rounds[-1]['ratio']:.3f}", flush=True)  # fmt: skip
+    return rounds
+
+
+def summary(what: str, rounds: list[dict[str, float]]) -> dict[str, Any]:
+    ratio = spread([x["ratio"] for x in rounds])
+    old, new = spread([x["old"] for x in rounds]), spread([x["new"] for x in rounds])
+    print(f"{what}: old {old['median']:.3f} s, new {new['median']:.3f} s (medians); new/old "
+          f"over {len(rounds)} rounds: median {ratio['median']:.3f} "
+          f"(range {ratio['min']:.3f}-{ratio['max']:.3f})")  # fmt: skip
+    return {"rounds": rounds, "old": old, "new": new, "ratio": ratio}
+
+
+def _stored(cache: Path) -> filetable.Table:
+    meta = torch.load(cache, map_location="cpu", weights_only=True, mmap=True)
+    return filetable.Table.from_payload(meta["files"], meta["source_signature"])
+
+
+if __name__ == "__main__":
+    main()
