@@ -146,7 +146,7 @@ def run_plain(s: Setup) -> tuple[float, Classifier]:
         net.to(memory_format=torch.channels_last)
     n = net.data_init_size if isinstance(net, Network) else 0
     if n:  # on_fit_start: the data-dependent init (whitening)
-        net.init_from_data(dm.whitening_images(n).to(device))
+        net.init_from_data(dm.whitening_images(n, device))
     # configure_optimizers: the same groups, optimizer, schedule, and groups' own decay.
     optimizer = module.build_optimizer()
     schedulers = []

@@ -63,13 +63,12 @@ WRAPPERS = ("torch/_dynamo/", "torch/_compile.py", "torch/_tensor.py", "torch/fu
             "torch/overrides.py", "torch/utils/_python_dispatch.py")  # fmt: skip
 
 
-def caller(stack: traceback.StackSummary) -> str:
-    """The file of the innermost frame that is not one of torch's wrappers: who read."""
+def caller(stack: traceback.StackSummary) -> traceback.FrameSummary | None:
+    """The innermost frame that is not one of torch's wrappers: who read."""
     for frame in reversed(stack):
-        name = frame.filename.replace("\\", "/")
-        if not any(w in name for w in WRAPPERS):
-            return name
-    return ""
+        if not any(w in frame.filename.replace("\\", "/") for w in WRAPPERS):
+            return frame
+    return None
 
 
 class Count(TorchDispatchMode):
@@ -96,8 +95,11 @@ class Count(TorchDispatchMode):
     def read(self, name: str) -> None:
         stack = traceback.extract_stack()[:-2]
         frames = [f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in stack[-12:]]
-        resident = any(h in caller(stack) for h in HOST_RESIDENT)
-        self.reads.append({"op": name, **self.where, "host_resident": resident,
+        who = caller(stack)
+        path = who.filename.replace("\\", "/") if who else ""
+        self.reads.append({"op": name, **self.where,
+                           "host_resident": any(h in path for h in HOST_RESIDENT),
+                           "by": f"{Path(path).name}:{who.lineno} {who.name}" if who else "?",
                            "stack": frames})  # fmt: skip
 
     # Reads that dispatch no op when the tensor already is on the CPU (as on this machine): a
@@ -250,7 +252,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     tally = Counter(
         f"{x['op']} {'host-resident' if x['host_resident'] else 'device'} "
         f"{'at a logging point' if x.get('logging_point') else 'outside steps'} "
-        f"{x['stack'][-1]}"
+        f"{x['by']}"
         for x in r["host_reads"]
         if x["host_resident"] or x.get("logging_point", True)
     )

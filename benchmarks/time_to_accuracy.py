@@ -4,9 +4,9 @@ is known, and that accuracy.
 Each run is pipeline.train itself, i.e. train.py's run of the recipe (Hydra config
 `experiment=<--experiment>` plus the overrides given as arguments) in a temporary run folder:
 its datamodule, model, callbacks, health checks, CSV log and trainer, the model it tests (after
-Lookahead's last average; last.ckpt saved and loaded back) and its test with TTA. One callback
-is added after the config's (benchmarks/clock.py; not in the config, so eval.py re-tests a kept
-checkpoint like any other) to stamp the stages on a clock (ON_CLOCK and
+Lookahead's last average; last.ckpt saved, the model tested in memory) and its test with TTA.
+One callback is added after the config's (benchmarks/clock.py; not in the config, so eval.py
+re-tests a kept checkpoint like any other) to stamp the stages on a clock (ON_CLOCK and
 OFF_CLOCK below say what it counts) and to evaluate the test accuracy after each epoch, a
 diagnostic off the clock (--no-epoch-eval: none). --seeds: one run per seed, in one process,
 and their mean; --keep DIR keeps each run's folder (DIR/seed=S). --warmup-steps:
@@ -45,7 +45,7 @@ ON_CLOCK = {
     "data_s": ("data_loaded", "Trainer built; data cache checked (made if missing), loaded, split"),
     "fit_setup_s": ("train_start", "fit set-up: training batches, whitening, optimizer"),
     "train_s": ("train_end", "the epochs, with train.py's callbacks, checks, log, progress bar"),
-    "to_test_s": ("test_start", "end of fit; last.ckpt saved and loaded back; test set-up"),
+    "to_test_s": ("test_start", "end of fit; last.ckpt saved; test set-up"),
     "test_s": ("test_end", "the final test with TTA (trainer.test)"),
 }
 OFF_CLOCK = {

@@ -62,8 +62,8 @@ class ProgressBar(RichProgressBar):
 
 class LastCheckpoint(Checkpoint):
     """Keeps `last.ckpt` current: every `every_n_train_steps` steps inside an epoch and at every
-    epoch end (after validation). Lightning's ModelCheckpoint cannot do both at once, and two
-    of them with save_last would write last.ckpt and last-v1.ckpt.
+    `every_n_epochs`-th epoch end (after validation). Lightning's ModelCheckpoint cannot do both
+    at once, and two of them with save_last would write last.ckpt and last-v1.ckpt.
 
     A Checkpoint (not a plain Callback): Lightning runs checkpoint callbacks last at an epoch
     end, in their configured order, so the epoch-end last.ckpt holds the best score
@@ -72,9 +72,14 @@ class LastCheckpoint(Checkpoint):
     Lightning adding its default ModelCheckpoint (epoch=N-step=M.ckpt) to runs without
     model_checkpoint."""
 
-    def __init__(self, dirpath: str, every_n_train_steps: int = 500) -> None:
+    def __init__(
+        self, dirpath: str, every_n_train_steps: int = 500, every_n_epochs: int = 1
+    ) -> None:
+        """every_n_epochs=0: none at epoch ends either (a recipe of seconds, whose timed epochs
+        should not wait for the disk): train.py writes last.ckpt once the fit has ended."""
         self.path = Path(dirpath) / "last.ckpt"
         self.every_n_train_steps = every_n_train_steps
+        self.every_n_epochs = every_n_epochs
         self._saved_step = -1
 
     def _save(self, trainer: L.Trainer) -> None:
@@ -93,7 +98,9 @@ class LastCheckpoint(Checkpoint):
             self._save(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._save(trainer)
+        n = self.every_n_epochs
+        if n and (trainer.current_epoch + 1) % n == 0:
+            self._save(trainer)
 
 
 def _file_in(folder: Path, name: str) -> Path | None:

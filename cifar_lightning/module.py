@@ -121,7 +121,7 @@ class Classifier(L.LightningModule):
         # statistics), once: a network restored from a checkpoint asks for no images.
         n = self.net.data_init_size if isinstance(self.net, Network) else 0
         if n:
-            self.net.init_from_data(self.trainer.datamodule.whitening_images(n).to(self.device))
+            self.net.init_from_data(self.trainer.datamodule.whitening_images(n, self.device))
 
     def on_train_epoch_start(self) -> None:
         # Networks and optimizers that change with the epoch (fastnet's whitening bias,

@@ -249,22 +249,23 @@ def train(cfg: DictConfig, extra_callbacks: ExtraCallbacks | None = None) -> flo
         fit_seconds = time.perf_counter() - start
         train_metrics = dict(trainer.callback_metrics)
 
-    tested = None
+    tested, in_memory = None, False
     if cfg.train and ckpt_cb is not None and ckpt_cb.best_model_path:
         tested = ckpt_cb.best_model_path
     elif cfg.train and not trainer.fast_dev_run:
         # No best-by-validation checkpoint (no validation split, or no model_checkpoint
         # callback): the model after the last step is the one to test. Saved after fit, so
         # end-of-training callbacks (weight averaging) are in it, and eval.py can reproduce the
-        # test.
-        tested = str(out / "checkpoints" / "last.ckpt")
+        # test. The module in memory holds exactly the weights just saved (tests/test_e2e.py):
+        # tested as it is, without reading the file back.
+        tested, in_memory = str(out / "checkpoints" / "last.ckpt"), True
         trainer.save_checkpoint(tested, weights_only=False)
     elif not cfg.train and ckpt_path is not None:
         tested = ckpt_path
-    if tested is not None:
-        checkpoint.restore_weights(module, checkpoint.load(tested), tested)
-    elif cfg.test:
+    if tested is None and cfg.test:
         log.warning("no checkpoint was written (fast_dev_run?): testing the weights in memory")
+    elif tested is not None and not in_memory:
+        checkpoint.restore_weights(module, checkpoint.load(tested), tested)
 
     best_val = None
     if ckpt_cb is not None and ckpt_cb.best_model_score is not None:

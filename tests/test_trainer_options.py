@@ -85,7 +85,10 @@ FLAGS = [
 
 
 @pytest.mark.parametrize(("override", "shows"), FLAGS, ids=[f[0] for f in FLAGS])
-def test_a_trainer_flag_is_a_plain_override(override, shows, folder_root, tmp_path):
+def test_a_trainer_flag_is_a_plain_override(override, shows, folder_root, tmp_path, monkeypatch):
+    # cuDNN's benchmark flag is global: a trainer built earlier in the session (trainer=gpu's
+    # benchmark: true, even on a CPU) leaves it set.
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
     default, _ = built(folder_root, tmp_path / "default")
     assert not shows(default)  # the check can fail: the configured default differs
     trainer, _ = built(folder_root, tmp_path, override)

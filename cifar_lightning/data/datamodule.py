@@ -300,9 +300,11 @@ class CIFAR10DataModule(L.LightningDataModule):
             std=self.augment.std, seed=self.seed, drop_last=train, rank=rank, world_size=world,
         )  # fmt: skip
 
-    def whitening_images(self, n: int) -> torch.Tensor:
-        """The first n training images (a random draw), normalised, never augmented."""
-        return normalize(self.train_set.x[:n], self.augment.mean, self.augment.std)
+    def whitening_images(self, n: int, device: torch.device | str | None = None) -> torch.Tensor:
+        """The first n training images (a random draw), normalised, never augmented, on
+        `device`: copied there as uint8 and normalised there (a quarter of the bytes to copy,
+        and no CPU pass over them)."""
+        return normalize(self.train_set.x[:n].to(device), self.augment.mean, self.augment.std)
 
     # The training position also travels as the datamodule's state, which Lightning restores
     # before configure_optimizers. It restores the loaders' own state only when it builds them

@@ -1,0 +1,42 @@
+"""The model train.py tests when it has no best-by-validation checkpoint: the one in memory after
+the fit, which must be exactly what the last.ckpt written after the fit holds (eval.py re-tests
+that file: tests/test_e2e.py). fast94 writes no checkpoint inside its epochs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytorch_lightning as L
+import torch
+
+from benchmarks.common import run_config
+from cifar_lightning import pipeline
+
+
+class Observe(L.Callback):
+    """Whether each checkpoint save happened inside the fit, and the weights the test starts
+    from."""
+
+    def __init__(self) -> None:
+        self.saves: list[str] = []
+        self.tested: dict[str, torch.Tensor] = {}
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:  # noqa: ANN001
+        self.saves.append(trainer.state.status.value)  # "running" inside the fit
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.tested = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
+
+
+def test_fast94_tests_the_model_in_memory_which_equals_last_ckpt(folder_root: Path, tmp_path):
+    seen = Observe()
+    overrides = [f"data.root={folder_root}", "model.widths=[8,8,8]", "trainer.accelerator=cpu",
+                 "trainer.precision=32-true", "data.batch_size=64", "data.eval_batch_size=50",
+                 "trainer.max_epochs=2", "trainer.max_steps=-1",
+                 "callbacks.lookahead.start_epoch=1"]  # fmt: skip
+    with run_config("fast94", overrides, tmp_path / "run") as cfg:
+        pipeline.train(cfg, extra_callbacks=lambda: [seen])
+    assert seen.saves == ["finished"]  # one save, after the fit: none inside its epochs
+    saved = torch.load(tmp_path / "run/checkpoints/last.ckpt", weights_only=True)["state_dict"]
+    assert seen.tested.keys() == saved.keys()
+    assert all(torch.equal(seen.tested[k], saved[k]) for k in saved)
