@@ -42,6 +42,8 @@ RESUME_LENGTH_KEYS = ("max_epochs", "max_steps", "limit_train_batches", "accumul
 # did not always list max_steps): an absent key equals Lightning's default (all batches: 1.0).
 LIGHTNING_DEFAULTS = {"max_epochs": None, "max_steps": -1, "limit_train_batches": 1.0,
                       "accumulate_grad_batches": 1}  # fmt: skip
+# Keys added to conf/ after checkpoints were written: a run config without one ran as with this.
+ADDED_KEYS = {"augment.padding_mode": "constant"}
 _ABSENT = object()
 
 
@@ -146,6 +148,9 @@ def _resume_settings(cfg: Mapping, scheduled: bool) -> dict[str, Any]:
     out = {}
     for group in RESUME_GROUPS:
         out.update(_flat(_plain(cfg, group), group))
+    for key, default in ADDED_KEYS.items():
+        if key.split(".")[0] in cfg:
+            out.setdefault(key, default)
     data, module, trainer = (_plain(cfg, k) for k in ("data", "module", "trainer"))
     data = data if isinstance(data, Mapping) else {}
     out.update({f"data.{k}": data.get(k, _ABSENT) for k in RESUME_DATA_KEYS})

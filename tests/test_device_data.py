@@ -255,21 +255,33 @@ def test_gather_jitters_as_torchvision():
         torch.testing.assert_close(ours[i], expected, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("padding, flip", [(4, True), (2, False), (0, True)])
-def test_gather_crops_and_flips_as_torchvision(padding, flip):
+@pytest.mark.parametrize(
+    "padding, flip, mode",
+    [(4, True, "constant"), (2, False, "constant"), (0, True, "constant"), (2, True, "reflect")],
+)
+def test_gather_crops_and_flips_as_torchvision(padding, flip, mode):
     # gather straight against torchvision's functional ops, image by image: a wrong offset into
     # the padded copy would pass a comparison with the batch path only if both were wrong.
-    aug = BatchAugment(AugmentPreset(crop_padding=padding, flip=flip, **RAW))
+    aug = BatchAugment(AugmentPreset(crop_padding=padding, flip=flip, padding_mode=mode, **RAW))
     source, index = images(50), torch.tensor([7, 0, 49, 7, 23, 31, 12, 3])
     g = torch.Generator().manual_seed(1)
     params = aug.sample(len(index), g, torch.device("cpu"))  # what gather draws with seed 1
     ours = aug.gather(source, index, seed=1, epoch=0)
     for i, k in enumerate(index.tolist()):
-        t = F.pad(source[k].float() / 255, [padding])
+        t = F.pad(source[k].float() / 255, [padding], padding_mode=mode)
         if padding:
             t = F.crop(t, int(params["top"][i]), int(params["left"][i]), 32, 32)
         t = F.horizontal_flip(t) if flip and params["flip"][i] else t
         torch.testing.assert_close(ours[i], t, atol=1e-6, rtol=0)
+
+
+def test_reflect_padding_is_for_crops_and_flips_only():
+    with pytest.raises(ValueError, match="padding_mode=constant here"):
+        BatchAugment(AugmentPreset(crop_padding=2, padding_mode="reflect", rotation=10.0))
+    with pytest.raises(ValueError, match="constant or reflect"):
+        AugmentPreset(crop_padding=2, padding_mode="edge")
+    crop = train_transform(AugmentPreset(crop_padding=2, padding_mode="reflect")).transforms[0]
+    assert isinstance(crop, v2.RandomCrop) and crop.padding_mode == "reflect"
 
 
 def test_canvas_masks_match_a_per_pixel_check():

@@ -225,6 +225,14 @@ def test_resume_with_the_same_settings_or_only_free_ones_changed_is_accepted():
     checkpoint.check_resume({"state_dict": {}}, compose_train(), "old.ckpt")  # nothing to compare
 
 
+def test_a_key_added_to_conf_later_is_its_default_when_absent_and_differs_when_changed():
+    old = stored()
+    del old["run_config"]["augment"]["padding_mode"]  # a checkpoint from before the key
+    checkpoint.check_resume(old, compose_train(), "last.ckpt")
+    with pytest.raises(UserError, match="augment.padding_mode: constant → reflect"):
+        checkpoint.check_resume(old, compose_train("augment.padding_mode=reflect"), "last.ckpt")
+
+
 def test_resume_under_another_model_lists_each_difference_once():
     with pytest.raises(UserError) as err:
         checkpoint.check_resume(stored(), compose_train("model=resnet18"), "run/last.ckpt")

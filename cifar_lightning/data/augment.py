@@ -23,6 +23,7 @@ CIFAR_STD = (0.2470, 0.2435, 0.2616)
 @dataclass(frozen=True)
 class AugmentPreset:
     crop_padding: int = 0  # RandomCrop(32, padding=...); 0 = off
+    padding_mode: str = "constant"  # the crop's fill: zeros (constant) or the image mirrored
     flip: bool = False  # RandomHorizontalFlip(p=0.5)
     affine: Mapping[str, Any] | None = None  # RandomAffine(**affine)
     perspective: Mapping[str, Any] | None = None  # RandomPerspective(**perspective)
@@ -34,6 +35,9 @@ class AugmentPreset:
     def __post_init__(self) -> None:
         if self.crop_padding < 0:
             raise ValueError(f"crop_padding must be >= 0, got {self.crop_padding}")
+        if self.padding_mode not in ("constant", "reflect"):
+            raise ValueError(f"augment.padding_mode must be constant or reflect, got "
+                             f"{self.padding_mode!r}")  # fmt: skip
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any] | None) -> AugmentPreset:
@@ -63,7 +67,8 @@ def train_transform(preset: AugmentPreset) -> v2.Compose:
     """Per-image random transforms in the seed's order, then conversion and normalisation."""
     steps: list[v2.Transform] = []
     if preset.crop_padding:
-        steps.append(v2.RandomCrop(32, padding=preset.crop_padding))
+        steps.append(v2.RandomCrop(32, padding=preset.crop_padding,
+                                   padding_mode=preset.padding_mode))  # fmt: skip
     if preset.flip:
         steps.append(v2.RandomHorizontalFlip())
     if preset.affine:

@@ -109,6 +109,11 @@ class BatchAugment:
         self.rotation = _range(preset.rotation, 0.0, "rotation") if preset.rotation else None
         # Crop and flip alone are integer pixel moves: no warp needed (the `standard` preset).
         self.warps = bool(self.degrees or self.distortion or self.rotation)
+        if self.warps and preset.crop_padding and preset.padding_mode != "constant":
+            raise ValueError(
+                f"augment.padding_mode={preset.padding_mode} needs a preset of crops and flips "
+                f"only: the batched warp fills with zeros. Use padding_mode=constant here."
+            )
         self._buffers: dict[tuple, torch.Tensor] = {}  # see _buffer
         self._padded: tuple[torch.Tensor, torch.Tensor] | None = None  # see prepare
         self._half: tuple[tuple, torch.Tensor] | None = None  # see _flips
@@ -259,9 +264,15 @@ class BatchAugment:
             copies = 2 if self.preset.flip else 1  # the mirror images follow the plain ones
             padded = torch.zeros(copies, n, c, h + 2 * pad, w + 2 * pad, dtype=source.dtype,
                                  device=source.device)  # fmt: skip
-            padded[0, :, :, pad : pad + h, pad : pad + w] = source
-            if copies == 2:
-                padded[1, :, :, pad : pad + h, pad : pad + w] = source.flip(3)
+            if self.preset.padding_mode == "reflect" and pad:
+                # The mirrored copy reflects the mirrored image: flip and reflection commute.
+                padded[0] = F.pad(source, [pad] * 4, mode="reflect")
+                if copies == 2:
+                    padded[1] = F.pad(source.flip(3), [pad] * 4, mode="reflect")
+            else:
+                padded[0, :, :, pad : pad + h, pad : pad + w] = source
+                if copies == 2:
+                    padded[1, :, :, pad : pad + h, pad : pad + w] = source.flip(3)
             self._padded = (source, padded)
         return self._padded[1]
 
@@ -310,7 +321,7 @@ class BatchAugment:
         return _normalize_float(out, p.mean, p.std, scale=1.0 / 255)
 
     def _crop_flip(self, src: torch.Tensor, image: torch.Tensor, params: dict) -> torch.Tensor:
-        """Crops (zero padding) and flips of images `image` of a padded copy (see prepare)
+        """Crops (the preset's padding) and flips of images `image` of a padded copy (see prepare)
         as one index_select of 32-pixel rows: flip(crop(x, left)) = crop(flip(x), 2 * pad -
         left), so a flipped crop reads plain rows of the mirrored copy."""
         n, pad, w = len(image), self.preset.crop_padding, src.shape[-1]
