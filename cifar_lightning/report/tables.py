@@ -117,7 +117,8 @@ def families(comparisons: list[Comparison]) -> str:
     tested: dict[tuple[str, ...], list[str]] = {}  # family -> the metric of each tested pair
     for c in comparisons:
         tested.setdefault(c.family, []).extend([c.metric] if c.p is not None else [])
-    named = [f"Holm over the {len(ms)} pairs of {_listed([NAMES[m] for m in dict.fromkeys(ms)])}"
+    named = [f"Holm over {'the one pair' if len(ms) == 1 else f'the {len(ms)} pairs'} of "
+             f"{_listed([NAMES[m] for m in dict.fromkeys(ms)])}"
              for ms in tested.values() if ms]  # fmt: skip
     return "; ".join(named) + "." if named else "No pair has a test: no Holm correction."
 
