@@ -118,6 +118,15 @@ def mismatches(readme: str) -> list[str]:
     def said(where: str, text: str) -> None:
         check(where, text if text in prose else "(not in the README)", text)
 
+    # The study's prose on the gap and on adam_to_sgd, in points (pp() gives "+0.29" style).
+    metric = families["metric"]
+    gap = metric[("adam", "sgd_nesterov", "gap")].result
+    said("study SGD gap smaller by", f"SGD's gap up to {pp(gap.ci_high)[1:]} points smaller")
+    holm_gap = min(c.p_holm for k, c in metric.items() if k[2] == "gap" and c.p_holm is not None)
+    said("study smallest gap Holm p", f"smallest Holm p {p_value(holm_gap)} over the 6 gap")
+    a2s = metric[("adam", "adam_to_sgd", "test_acc")].result
+    said("study adam_to_sgd vs Adam", f"reaches {pp(-a2s.ci_low)} points")
+
     keys = ["model.widths", "trainer.max_epochs", "module.train_resolution"]
     sel1 = group_runs(find_runs(SELECTION_1), keys).groups
     b, a = sel1["[64,256,256] / 8 / [32]"], sel1["[64,256,256] / 9 / [24,24,24,24,24,32]"]
@@ -160,6 +169,19 @@ def mismatches(readme: str) -> list[str]:
         check(f"selection 2 {name} decision", row[4],
               f"{'yes' if r['rejected'] else 'no'} ({r['p_holm']:.3f})")  # fmt: skip
         check(f"selection 2 {name} fit", row[5], f"{r['fit_seconds']:.0f}")
+    # Its prose: per seed, each finalist's loss in points and fit time as a fraction of v1's,
+    # and the finalists' mean time ratio.
+    scored = selection.collect(SELECTION_2)
+    seeds, v1 = [1, 2, 3, 4, 5], scored["v1"]
+    losses = [v1[k].val_acc - scored[f][k].val_acc for f in ("S8", "S2") for k in seeds]
+    ratios = [scored[f][k].fit_seconds / v1[k].fit_seconds for f in ("S8", "S2") for k in seeds]
+    said(
+        "selection 2 per-seed loss",
+        f"lose {min(losses):.1f}-{max(losses):.1f} points on every seed",
+    )
+    said("selection 2 per-seed time", f"(per seed {min(ratios):.2f}-{max(ratios):.2f}x)")
+    means = [r["fit_seconds"] / ref["fit_seconds"] for r in decision["finalists"]]
+    said("selection 2 mean time", f"fit time being {statistics.fmean(means):.2f}x v1's")
     check("selection 2 choice", "fast_cpu_v1 stays" if decision["choice"] == "v1" else "?",
           "fast_cpu_v1 stays" if "**fast_cpu_v1 stays**" in readme else "not said")  # fmt: skip
     return bad
@@ -178,7 +200,10 @@ def test_readme_figures_are_the_committed_results():
      ("| ≤ 0.67 | z ≤ −2.01", "| ≤ 0.66 | z ≤ −2.01"),  # a test-set error bound
      ("AdamW–SGD\n−0.93", "AdamW–SGD\n−0.39"),  # a seed correlation
      ("p = 0.025 on 1 degree", "p = 0.022 on 1 degree"),  # selection 1's paired p
-     ("[−0.02, +0.13], paired", "[−0.02, +0.15], paired")],  # the whitening bias's interval
+     ("[−0.02, +0.13], paired", "[−0.02, +0.15], paired"),  # the whitening bias's interval
+     ("lose 1.0-1.9 points", "lose 1.0-1.8 points"),  # selection 2's per-seed loss
+     ("being 0.65x v1's", "being 0.60x v1's"),  # selection 2's time ratio
+     ("reaches +0.57 points", "reaches +0.50 points")],  # adam_to_sgd against Adam
 )  # fmt: skip
 def test_a_figure_edited_by_hand_is_caught(shown: str, edited: str):
     assert README.count(shown) == 1
