@@ -265,10 +265,15 @@ class BatchAugment:
             padded = torch.zeros(copies, n, c, h + 2 * pad, w + 2 * pad, dtype=source.dtype,
                                  device=source.device)  # fmt: skip
             if self.preset.padding_mode == "reflect" and pad:
-                # The mirrored copy reflects the mirrored image: flip and reflection commute.
-                padded[0] = F.pad(source, [pad] * 4, mode="reflect")
+                # Rows and columns -pad..side+pad-1 (square images, as _crop_flip reads them)
+                # read from their mirror images inside, as F.pad's reflect does, by an index
+                # gather that any dtype and device has. The mirrored copy reflects the mirrored
+                # image: flip and reflection commute.
+                i = torch.arange(-pad, h + pad, device=source.device).abs()
+                i = torch.where(i >= h, 2 * (h - 1) - i, i)
+                padded[0] = source.index_select(2, i).index_select(3, i)
                 if copies == 2:
-                    padded[1] = F.pad(source.flip(3), [pad] * 4, mode="reflect")
+                    padded[1] = padded[0].flip(3)
             else:
                 padded[0, :, :, pad : pad + h, pad : pad + w] = source
                 if copies == 2:
