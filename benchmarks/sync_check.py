@@ -4,8 +4,10 @@ Runs the recipe as train.py trains it (its callbacks, health checks, checkpoints
 `torch.cuda.set_sync_debug_mode("error")` switched on for every training step that is not a
 logging point (`trainer.log_every_n_steps`, an epoch's last batch), the fetch of its batch
 included: any synchronising CUDA call there (`item`, `.cpu()`, `nonzero`, a blocking copy) raises
-and names the line. Logging points, epoch ends, validation and checkpoints run unchecked: that is
-where the loop reads its metrics. The CPU-side twin of this check is benchmarks/op_count.py
+and names the line. Unchecked: logging points, epoch ends, validation and checkpoint saves (that
+is where the loop reads its metrics and writes its files), and so each epoch's start up to its
+first step (the epoch's order copied to the device, the first chunk of augmented batches). The
+CPU-side twin of this check is benchmarks/op_count.py
 (host reads counted on any machine); this one is authoritative for CUDA.
 
     python benchmarks/sync_check.py --experiment fast94 --steps 150 data.root=data/cifar10-jpeg
@@ -50,6 +52,11 @@ class SyncGuard(L.Callback):
         self.checked += guarded
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        torch.cuda.set_sync_debug_mode("default")
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:  # noqa: ANN001
+        # A save copies the state to the host: allowed (the next step's start guards again).
+        # Listed first, this runs before the other callbacks' on_save_checkpoint.
         torch.cuda.set_sync_debug_mode("default")
 
     def on_exception(self, trainer, pl_module, exception) -> None:  # noqa: ANN001

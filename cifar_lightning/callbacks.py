@@ -32,9 +32,14 @@ class EpochSummary(L.Callback):
         self._start = time.perf_counter()  # not called for an epoch resumed midway
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero:
+        if trainer.sanity_checking:
             return
+        # Read on every rank: the first read computes the epoch's metrics, which under DDP is a
+        # collective (torchmetrics syncs them); on rank 0 alone it would wait for ranks that
+        # have gone on to the next collective (the health checks').
         m = trainer.callback_metrics
+        if not trainer.is_global_zero:
+            return
         log.info(
             "epoch %d/%d | train loss %s acc %s | val loss %s acc %s | %.1f s",
             trainer.current_epoch + 1,
@@ -81,6 +86,7 @@ class LastCheckpoint(Checkpoint):
         self.every_n_train_steps = every_n_train_steps
         self.every_n_epochs = every_n_epochs
         self._saved_step = -1
+        self.saved_at_end = False  # whether on_train_end wrote last.ckpt
 
     def _save(self, trainer: L.Trainer) -> None:
         if (
@@ -101,6 +107,16 @@ class LastCheckpoint(Checkpoint):
         n = self.every_n_epochs
         if n and (trainer.current_epoch + 1) % n == 0:
             self._save(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Without a save at every epoch end, the last one may be missing or older than the
+        # fit's end: one save now, after the other callbacks' on_train_end (Lightning runs
+        # checkpoint callbacks last), so the file holds the final weights (Lookahead's last
+        # average included) and train.py need not write it again.
+        self.saved_at_end = False
+        if self.every_n_epochs != 1 and not trainer.sanity_checking and not trainer.fast_dev_run:
+            trainer.save_checkpoint(self.path, weights_only=False)
+            self._saved_step, self.saved_at_end = trainer.global_step, True
 
 
 def _file_in(folder: Path, name: str) -> Path | None:

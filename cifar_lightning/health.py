@@ -63,7 +63,9 @@ class HealthCheck(L.Callback):
         self._train_correct: Tensor | int = 0
         self._train_total = 0
         self._loss_sum: Tensor | None = None  # the training losses summed since the fit began
-        self._window_ends: list[Tensor] = []  # _loss_sum after the first and second windows
+        self._losses = 0  # how many batch losses _loss_sum holds
+        self._last_step = -1  # the optimizer step last acted on (see on_train_batch_end)
+        self._window_ends: list[tuple[Tensor, int]] = []  # _loss_sum, _losses after each window
         self._track_loss = False
         self._pending_collapse: str | None = None  # the fit's latest validation found one
 
@@ -137,12 +139,21 @@ class HealthCheck(L.Callback):
                 self._loss_sum = torch.zeros((), device=loss.device)
             # One running sum finds a NaN/inf loss (it stays non-finite) and gives the windows.
             self._loss_sum.add_(loss)
+            self._losses += 1
             self._count_train(outputs, batch)
-            step, window = trainer.global_step, self.loss_window_steps
-            if self._track_loss and window and step in (window, 2 * window):
-                self._window_ends.append(self._loss_sum.clone())  # the sum after steps 1..step
+        # The rest once per optimizer step: with gradient accumulation several batches share
+        # one global_step, and only the batch that steps ends it.
         last = batch_idx + 1 >= trainer.num_training_batches
-        if last or trainer.global_step % max(1, trainer.log_every_n_steps) == 0:
+        stepped = (batch_idx + 1) % trainer.accumulate_grad_batches == 0 or last
+        step = trainer.global_step
+        if not stepped or step == self._last_step:
+            return
+        self._last_step = step
+        window = self.loss_window_steps
+        if self._track_loss and window and step in (window, 2 * window):
+            # The sum after steps 1..step, and how many batch losses it holds.
+            self._window_ends.append((self._loss_sum.clone(), self._losses))
+        if last or step % max(1, trainer.log_every_n_steps) == 0:
             self._raise_if_diverged(trainer)
             self._check_loss_windows()
 
@@ -151,10 +162,10 @@ class HealthCheck(L.Callback):
         if len(self._window_ends) < 2:
             return
         window = self.loss_window_steps
-        first, both = (float(s) for s in self._window_ends)
+        (first, n1), (both, n2) = ((float(s), n) for s, n in self._window_ends)
         self._window_ends = []
         self._track_loss = False
-        first, second = first / window, (both - first) / window
+        first, second = first / n1, (both - first) / (n2 - n1)
         if math.isfinite(first) and second > first * (1 - self.loss_min_drop):
             self.report("loss_not_falling", "train",
                         f"the training loss did not fall over the first {2 * window} "
@@ -163,7 +174,10 @@ class HealthCheck(L.Callback):
                         f"to check the model can learn at all.")  # fmt: skip
 
     def _raise_if_diverged(self, trainer: L.Trainer) -> None:
-        if self._loss_sum is not None and not bool(torch.isfinite(self._loss_sum)):
+        bad = self._loss_sum is not None and not bool(torch.isfinite(self._loss_sum))
+        # Every rank reaches this at the same step (logging points, epoch ends, saves): decided
+        # together, so that all ranks stop, not one while the others wait in a collective.
+        if trainer.strategy.reduce_boolean_decision(bad, all=False):
             self.report(
                 "nonfinite_loss",
                 "train",

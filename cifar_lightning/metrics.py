@@ -10,6 +10,8 @@ across DDP ranks anyway. (MeanMetric(nan_strategy="disable"), which skips the Na
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 from torchmetrics import Metric
@@ -31,6 +33,17 @@ class RunningMean(Metric):
         super().__init__()
         self.add_state("mean_value", torch.zeros(()), dist_reduce_fx="sum")
         self.add_state("weight", torch.zeros(()), dist_reduce_fx="sum")
+
+    def _apply(self, fn: Any, exclude_state: Any = "") -> RunningMean:
+        # The sums stay float32 whatever the module is cast to: under precision=bf16-true
+        # Lightning casts the module, torchmetrics' states with it, and a bf16 running sum
+        # (8 bits of mantissa) loses whole units of loss within an epoch.
+        this = super()._apply(fn, exclude_state)
+        for key in ("mean_value", "weight"):
+            if getattr(this, key).dtype != torch.float32:
+                setattr(this, key, getattr(this, key).float())
+                this._defaults[key] = this._defaults[key].float()
+        return this
 
     def update(self, value_sum: Tensor, weight: int | float) -> None:  # type: ignore[override]
         self.mean_value += value_sum

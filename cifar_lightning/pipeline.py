@@ -25,6 +25,7 @@ from cifar_lightning import (
     sweep,
     trackers,
 )
+from cifar_lightning.callbacks import LastCheckpoint
 from cifar_lightning.data import CIFAR10DataModule
 from cifar_lightning.errors import UserError
 from cifar_lightning.evaluation import score
@@ -256,10 +257,15 @@ def train(cfg: DictConfig, extra_callbacks: ExtraCallbacks | None = None) -> flo
         # No best-by-validation checkpoint (no validation split, or no model_checkpoint
         # callback): the model after the last step is the one to test. Saved after fit, so
         # end-of-training callbacks (weight averaging) are in it, and eval.py can reproduce the
-        # test. The module in memory holds exactly the weights just saved (tests/test_e2e.py):
-        # tested as it is, without reading the file back.
-        tested, in_memory = str(out / "checkpoints" / "last.ckpt"), True
-        trainer.save_checkpoint(tested, weights_only=False)
+        # test. On one device the module in memory holds exactly the weights just saved
+        # (tests/test_tested_model.py): tested as it is, without reading the file back. Under
+        # DDP each rank's last forward updated its own batch-norm statistics, and the file
+        # holds rank 0's: every rank reads it.
+        tested = str(out / "checkpoints" / "last.ckpt")
+        in_memory = trainer.world_size == 1
+        last = [c for c in trainer.callbacks if isinstance(c, LastCheckpoint)]
+        if not (last and last[0].saved_at_end and Path(last[0].path) == Path(tested)):
+            trainer.save_checkpoint(tested, weights_only=False)
     elif not cfg.train and ckpt_path is not None:
         tested = ckpt_path
     if tested is None and cfg.test:

@@ -126,6 +126,29 @@ def test_a_loss_that_does_not_fall_is_found(folder_root, tmp_path):
     assert "loss_not_falling" in checks(health, "train")
 
 
+@pytest.mark.parametrize("accumulate", [1, 3])
+def test_the_loss_windows_count_optimizer_steps_under_gradient_accumulation(accumulate):
+    """With gradient accumulation several batches share a global_step: the windows still span
+    optimizer steps, and the check reads the device only where Lightning logs."""
+    from types import SimpleNamespace
+
+    health = HealthCheck(loss_window_steps=4)
+    health._track_loss = True
+    reads = []
+    health._raise_if_diverged = lambda trainer: reads.append(trainer.global_step)
+    batches = 10 * accumulate  # one epoch of 10 optimizer steps
+    for b in range(batches):
+        steps = (b + 1) // accumulate  # global_step after this batch, as Lightning counts it
+        trainer = SimpleNamespace(global_step=steps, num_training_batches=batches,
+                                  accumulate_grad_batches=accumulate,
+                                  log_every_n_steps=5)  # fmt: skip
+        loss = torch.tensor(1.0 + 0.1 * steps)  # rising: the check must say so
+        health.on_train_batch_end(trainer, None, {"loss": loss}, None, b)
+    assert reads == [5, 10]  # steps 5 and 10: Lightning's logging points, once each
+    [finding] = [f for f in health.findings if f["check"] == "loss_not_falling"]
+    assert "over the first 8 steps" in finding["message"]
+
+
 def test_overlap_labels_and_empty_classes_are_found(folder_root, tmp_path):
     dm, module, health, trainer = make(folder_root, tmp_path, epochs=1)
     dm.setup()

@@ -104,6 +104,16 @@ def test_running_mean_weighs_a_partial_batch_by_its_size():
     assert mean.compute().item() == 0.75
 
 
+def test_running_sums_stay_float32_when_the_module_is_cast_to_bf16():
+    mean = RunningMean().to(torch.bfloat16)  # what precision=bf16-true does to the module
+    for _ in range(49):  # an epoch of fast94's batches, mean loss 0.6836 each
+        mean.update(torch.tensor(0.6836, dtype=torch.bfloat16) * 1024, 1024)
+    assert mean.mean_value.dtype == torch.float32
+    assert mean.compute().item() == pytest.approx(0.6836, abs=2e-3)  # bf16 sums gave 0.656
+    mean.reset()
+    assert mean.weight.dtype == torch.float32
+
+
 def test_an_older_checkpoints_running_accuracy_counts_carry_over():
     # torchmetrics' micro MulticlassAccuracy: 30 of 40 correct (fn: the 10 wrong ones).
     state = {"train_acc.tp": torch.tensor(30), "train_acc.fp": torch.tensor(10),

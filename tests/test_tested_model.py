@@ -20,9 +20,15 @@ class Observe(L.Callback):
     def __init__(self) -> None:
         self.saves: list[str] = []
         self.tested: dict[str, torch.Tensor] = {}
+        self.ended = False
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.ended = (
+            True  # before any checkpoint callback's on_train_end: Lightning runs those last
+        )
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:  # noqa: ANN001
-        self.saves.append(trainer.state.status.value)  # "running" inside the fit
+        self.saves.append("at the end" if self.ended else f"in epoch {trainer.current_epoch}")
 
     def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.tested = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
@@ -36,7 +42,19 @@ def test_fast94_tests_the_model_in_memory_which_equals_last_ckpt(folder_root: Pa
                  "callbacks.lookahead.start_epoch=1"]  # fmt: skip
     with run_config("fast94", overrides, tmp_path / "run") as cfg:
         pipeline.train(cfg, extra_callbacks=lambda: [seen])
-    assert seen.saves == ["finished"]  # one save, after the fit: none inside its epochs
+    assert seen.saves == ["at the end"]  # one save, at the fit's end: none inside its epochs
     saved = torch.load(tmp_path / "run/checkpoints/last.ckpt", weights_only=True)["state_dict"]
     assert seen.tested.keys() == saved.keys()
     assert all(torch.equal(seen.tested[k], saved[k]) for k in saved)
+
+
+def test_without_epoch_end_saves_last_ckpt_is_written_at_the_fits_end(folder_root, tmp_path):
+    # With a validation split train.py tests best.ckpt and writes no last.ckpt itself: the
+    # callback's save at the fit's end must leave one, of the final step, to resume or re-test.
+    overrides = [f"data.root={folder_root}", "data.batch_size=32", "data.val_size=50",
+                 "data.num_workers=0", "trainer.max_epochs=2", "test=false",
+                 "callbacks.last_checkpoint.every_n_epochs=0"]  # fmt: skip
+    with run_config("none", overrides, tmp_path / "run") as cfg:
+        pipeline.train(cfg)
+    last = torch.load(tmp_path / "run/checkpoints/last.ckpt", weights_only=True)
+    assert last["global_step"] == 2 * 11  # 350 images, 11 batches of 32 an epoch

@@ -133,8 +133,9 @@ class BatchAugment:
         self, n: int, generator: torch.Generator, device: torch.device, flips: bool = True
     ) -> dict:
         """Per-image parameters, named and distributed as in torchvision's make_params.
-        flips=False: no random flips drawn (alternating flips replace them); being drawn after
-        the crops, leaving them out changes no other parameter."""
+        flips=False: no random flips drawn (alternating flips replace them); only for presets
+        that draw nothing after the flips (crops come before them), so that leaving them out
+        changes no other parameter."""
         g, p = generator, self.preset
         kw = {"generator": g, "device": device}
 
@@ -200,8 +201,11 @@ class BatchAugment:
         """Parameters for consecutive batches of `sizes` images, batch b's drawn from a generator
         seeded with seeds[b], of images `index` (all batches') of a source of `source_size`."""
         device, alternating = index.device, self.alternating_flip and self.preset.flip
+        # Skip drawing the flips alternating ones replace, unless draws follow them (a warp,
+        # jitter): those must stay the draws they were.
+        later = self.degrees or self.distortion is not None or self.jitter or self.rotation
         drawn = [self.sample(n, torch.Generator(device=device).manual_seed(seed), device,
-                             flips=not alternating)
+                             flips=not alternating or bool(later))
                  for seed, n in zip(seeds, sizes, strict=True)]  # fmt: skip
         params = drawn[0] if len(drawn) == 1 else {
             k: torch.cat([d[k] for d in drawn]) for k in drawn[0]}  # fmt: skip
