@@ -82,6 +82,15 @@ def run_config(experiment: str, overrides: Sequence[str], out: Path) -> Iterator
         HydraConfig.instance().cfg = None
 
 
+def logging_point(trainer: L.Trainer, batch_idx: int) -> bool:
+    """Whether Lightning logs at this training batch, asked before it runs (on_train_batch_start):
+    after the step whose count of stepped batches reaches a multiple of log_every_n_steps, and
+    at the epoch's last batch."""
+    stepped = trainer.fit_loop.epoch_loop._batches_that_stepped + 1
+    last = batch_idx + 1 >= trainer.num_training_batches
+    return stepped % trainer.log_every_n_steps == 0 or last
+
+
 def now() -> float:
     """time.perf_counter() once the GPU's queued work is done, so that the clock counts it."""
     if torch.cuda.is_available():

@@ -44,7 +44,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere
 
-from benchmarks.common import parse, parser, run_config, save  # noqa: E402
+from benchmarks.common import logging_point, parse, parser, run_config, save  # noqa: E402
 from cifar_lightning.pipeline import build, build_callbacks, make_trainer  # noqa: E402
 
 TARGET = 170  # ops per step: airbench94's 155 + 10 % (issue 28)
@@ -133,11 +133,7 @@ class Steps(L.Callback):
         self.starts: list[dict[str, Any]] = []  # one per step: epoch, batch, ops so far
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: ANN001
-        # Lightning logs after the step whose count of stepped batches reaches a multiple of
-        # log_every_n_steps, and at the epoch's end (its last batch).
-        stepped = trainer.fit_loop.epoch_loop._batches_that_stepped + 1
-        last = batch_idx + 1 >= trainer.num_training_batches
-        logs = stepped % trainer.log_every_n_steps == 0 or last
+        logs = logging_point(trainer, batch_idx)
         self.count.where = {"epoch": trainer.current_epoch, "batch": batch_idx,
                             "step": trainer.global_step, "logging_point": logs}  # fmt: skip
         self.starts.append({"epoch": trainer.current_epoch, "step": trainer.global_step,

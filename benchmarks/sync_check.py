@@ -26,15 +26,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere
 
-from benchmarks.common import parse, parser, run_config, save  # noqa: E402
+from benchmarks.common import logging_point, parse, parser, run_config, save  # noqa: E402
 from cifar_lightning.pipeline import build, build_callbacks, make_trainer  # noqa: E402
-
-
-def logging_point(trainer: L.Trainer, batch_idx: int) -> bool:
-    """Whether Lightning logs at this training batch (checked before it runs)."""
-    stepped = trainer.fit_loop.epoch_loop._batches_that_stepped + 1
-    last = batch_idx + 1 >= trainer.num_training_batches
-    return stepped % trainer.log_every_n_steps == 0 or last
 
 
 class SyncGuard(L.Callback):

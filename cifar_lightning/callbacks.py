@@ -81,22 +81,26 @@ class LastCheckpoint(Checkpoint):
         self, dirpath: str, every_n_train_steps: int = 500, every_n_epochs: int = 1
     ) -> None:
         """every_n_epochs=0: none at epoch ends either (a recipe of seconds, whose timed epochs
-        should not wait for the disk): train.py writes last.ckpt once the fit has ended."""
+        should not wait for the disk); with any every_n_epochs but 1, one save at the fit's
+        end (on_train_end)."""
         self.path = Path(dirpath) / "last.ckpt"
         self.every_n_train_steps = every_n_train_steps
         self.every_n_epochs = every_n_epochs
         self._saved_step = -1
         self.saved_at_end = False  # whether on_train_end wrote last.ckpt
 
-    def _save(self, trainer: L.Trainer) -> None:
+    def _save(self, trainer: L.Trainer, again: bool = False) -> bool:
+        """Write last.ckpt, unless this step's is written already (again: even then, for weights
+        changed since at the same step). Whether it wrote."""
         if (
             trainer.sanity_checking
             or trainer.fast_dev_run
-            or trainer.global_step == self._saved_step
+            or (trainer.global_step == self._saved_step and not again)
         ):
-            return
+            return False
         trainer.save_checkpoint(self.path, weights_only=False)  # every rank calls; rank 0 writes
         self._saved_step = trainer.global_step
+        return True
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
         n = self.every_n_train_steps
@@ -113,10 +117,7 @@ class LastCheckpoint(Checkpoint):
         # fit's end: one save now, after the other callbacks' on_train_end (Lightning runs
         # checkpoint callbacks last), so the file holds the final weights (Lookahead's last
         # average included) and train.py need not write it again.
-        self.saved_at_end = False
-        if self.every_n_epochs != 1 and not trainer.sanity_checking and not trainer.fast_dev_run:
-            trainer.save_checkpoint(self.path, weights_only=False)
-            self._saved_step, self.saved_at_end = trainer.global_step, True
+        self.saved_at_end = self.every_n_epochs != 1 and self._save(trainer, again=True)
 
 
 def _file_in(folder: Path, name: str) -> Path | None:

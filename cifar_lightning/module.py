@@ -193,10 +193,9 @@ class Classifier(L.LightningModule):
         self.test_class_acc.update(preds, y)
         self.test_confmat.update(preds, y)
         self.test_loss.update(self.criterion(logits, y), weight=len(y))
-        if batch_idx == 0:  # once per pass, as in training_step
+        if batch_idx == 0:  # a new test pass: its metrics logged once, as in training_step
             self.log("test/loss", self.test_loss, on_epoch=True)
             self.log("test/acc", self.test_acc, on_epoch=True)
-        if batch_idx == 0:  # a new test pass
             self._test_correct: list[Tensor] = []
         self._test_correct.append(preds == y)  # on the device until the epoch's end
         return {"preds": preds}
