@@ -79,8 +79,7 @@ class EpochClock(L.Callback):
         try:
             with trainer.precision_plugin.predict_step_context():
                 for i, (x, y) in enumerate(self._loader):
-                    out = module.predict_step((x.to(module.device), y.to(module.device)), i)
-                    counts += torch.stack([out["correct"], out["loss_sum"], out["count"]])
+                    counts += module.predict_step((x.to(module.device), y.to(module.device)), i)
         finally:
             module.predict_tta_level = level
             for m, training in flags.items():

@@ -41,6 +41,7 @@ step() {  # step LIMIT_S COMMAND...
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 # 1. fast94 over 3 seeds, after an untimed warm-up run into epoch 4 (Lookahead starts in 3);
 #    no per-epoch evaluations (expected ~50 s: 3 runs of ~10 s, warm-up, imports)
+rm -f "$out/time_to_accuracy_fast94.json"  # step 4 reads this run's, never an older one
 step 100 python benchmarks/time_to_accuracy.py --experiment fast94 --target 0.94 \
     --seeds 0 1 2 --warmup-steps 150 --no-epoch-eval \
     --out "$out/time_to_accuracy_fast94.json" data.root="$root"
@@ -52,9 +53,17 @@ step 90 python benchmarks/loop_overhead.py --experiment fast94 --repeats 3 \
 #    steps after 5 warm-up steps (expected ~30 s)
 step 60 python benchmarks/profile_step.py --experiment fast94 --warmup 5 \
     --out "$out/profile_step_fast94_cuda.json" data.root="$root"
-# 4. a whole `python train.py experiment=fast94`, process start to exit (~27 s in issue 28)
-step 50 python benchmarks/wall_time.py --out "$out/wall_time_fast94.json" -- experiment=fast94 \
-    data.root="$root"
+# 4. a whole `python train.py experiment=fast94`, process start to exit (~27 s in issue 28),
+#    set against step 1's on-clock time plus two timed `import pytorch_lightning, hydra` (~12 s
+#    each): the rest's target is 3 s (expected ~55 s)
+clock="$out/time_to_accuracy_fast94.json"
+if [ -f "$clock" ]; then
+    step 80 python benchmarks/wall_time.py --out "$out/wall_time_fast94.json" \
+        --budget-from "$clock" -- experiment=fast94 data.root="$root"
+else  # step 1 failed: the process time alone
+    step 50 python benchmarks/wall_time.py --out "$out/wall_time_fast94.json" \
+        -- experiment=fast94 data.root="$root"
+fi
 # 5. device augmentation vs torchvision's per-image pipeline (DataLoader, 2 workers), 5,120
 #    images, 3 rounds of at least 1 s per path, each printed as it ends (expected ~50 s)
 step 80 python benchmarks/augment_throughput.py --device cuda --data-root "$root" \

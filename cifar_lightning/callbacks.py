@@ -4,6 +4,7 @@ resumes from."""
 from __future__ import annotations
 
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -54,7 +55,33 @@ class EpochSummary(L.Callback):
 
 class ProgressBar(RichProgressBar):
     """Lightning's Rich progress bar, counting epochs as the epoch lines do: "Epoch 9/9" in the
-    ninth of nine epochs (Lightning's own reads "Epoch 8/8" there: it counts from 0)."""
+    ninth of nine epochs (Lightning's own reads "Epoch 8/8" there: it counts from 0), and
+    redrawn after a training batch only when `interval_s` seconds have passed since it last was.
+
+    Lightning's redraws the bar and gathers the logged metrics after every training batch: host
+    time taken from a loop of ~1,000 steps a second (fast94 on a GPU) for a display no one reads
+    at that speed (benchmarks/loop_overhead.py, +ProgressBar). Its display thread keeps
+    Lightning's rate (refresh_rate, per second): the end of a fit waits for its next wake-up."""
+
+    def __init__(self, interval_s: float = 0.1, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.interval_s = interval_s
+        self._drawn_at = -math.inf  # time.monotonic() of the last redraw after a batch
+        self._undrawn = 0  # batches done in this epoch beyond what the bar shows
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+        now = time.monotonic()
+        if batch_idx + 1 < self.total_train_batches and now - self._drawn_at < self.interval_s:
+            self._undrawn = batch_idx + 1
+            return
+        self._drawn_at, self._undrawn = now, 0
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._undrawn:  # an epoch cut short (trainer.max_steps): show where it stopped
+            self._update(self.train_progress_bar_id, self._undrawn)
+            self._undrawn = 0
+        super().on_train_epoch_end(trainer, pl_module)
 
     def _get_train_description(self, current_epoch: int) -> str:
         # Lightning's method, one-based (pytorch-lightning 2.6, which pyproject pins below 3).

@@ -1,5 +1,6 @@
 """Scoring a trained model on one split outside the test stage: the figures results.json keeps
-beside test_acc (clean training accuracy, test accuracy without TTA, final validation accuracy).
+beside test_acc (clean training accuracy, final validation accuracy). The test accuracy without
+TTA comes from the test's own pass (Classifier.test_step), added up as here.
 
 Through Trainer.predict, so the trainer's device, precision (autocast) and eval mode apply
 exactly as in its test stage; counts are summed over ranks, each of which sees a disjoint
@@ -25,8 +26,8 @@ def score(
     finally:
         module.predict_tta_level = 0
     totals = torch.zeros(3, dtype=torch.float64, device=module.device)
-    for out in outputs or []:
-        totals += torch.stack([out["correct"], out["loss_sum"], out["count"]]).double()
+    for counts in outputs or []:  # Classifier.predict_step's batch_counts
+        totals += counts
     correct, loss_sum, count = trainer.strategy.reduce(totals, reduce_op="sum").tolist()
     if count == 0:
         raise ValueError("score: the loader gave no images")

@@ -46,8 +46,10 @@ class RunningMean(Metric):
         return this
 
     def update(self, value_sum: Tensor, weight: int | float) -> None:  # type: ignore[override]
-        self.mean_value += value_sum
-        self.weight += weight
+        # add_, not +=: the same in-place add without re-assigning the attribute (a Metric's
+        # and a Module's __setattr__, per state, per step).
+        self.mean_value.add_(value_sum)
+        self.weight.add_(weight)
 
     def compute(self) -> Tensor:
         return self.mean_value / self.weight

@@ -21,7 +21,7 @@ from cifar_lightning.metrics import RunningMean
 from cifar_lightning.models.network import Network, default_param_groups
 from cifar_lightning.optim import EpochAware
 from cifar_lightning.schedulers import GroupDecay
-from cifar_lightning.tta import tta_logits
+from cifar_lightning.tta import tta_logits, tta_views
 
 
 class Classifier(L.LightningModule):
@@ -187,7 +187,10 @@ class Classifier(L.LightningModule):
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
         x, y = self._inputs(batch)
-        logits = self.eval_logits(x, self.tta_level)
+        if self.tta_level:
+            logits, plain = tta_views(self.net, x, self.tta_level)
+        else:
+            logits = plain = self(x)
         preds = logits.argmax(1)
         self.test_acc(preds, y)
         self.test_class_acc.update(preds, y)
@@ -197,24 +200,25 @@ class Classifier(L.LightningModule):
             self.log("test/loss", self.test_loss, on_epoch=True)
             self.log("test/acc", self.test_acc, on_epoch=True)
             self._test_correct: list[Tensor] = []
+            self._plain_counts = torch.zeros(3, dtype=torch.float64, device=y.device)
         self._test_correct.append(preds == y)  # on the device until the epoch's end
+        # The figures without TTA (results.json's test_acc_plain) from the plain view the TTA
+        # has just computed: summed as evaluation.score sums a pass at level 0, whose work
+        # (and its Lightning stage) they spare.
+        self._plain_counts += batch_counts(plain, y, self.criterion)
         return {"preds": preds}
 
     def predict_step(
         self, batch: tuple[Tensor, Tensor], batch_idx: int
     ) -> dict[str, Tensor] | Tensor:
-        """Counts for evaluation.score: correct predictions and the summed loss of a batch, at
-        predict_tta_level. Per-batch sums stay on the device until the end. With
-        predict_probabilities (predict.py): the images' class probabilities, in fp32."""
+        """batch_counts for evaluation.score, at predict_tta_level; they stay on the device
+        until the end. With predict_probabilities (predict.py): the images' class
+        probabilities, in fp32."""
         x, y = self._inputs(batch)
         logits = self.eval_logits(x, self.predict_tta_level)
         if self.predict_probabilities:  # softmax in fp32, whatever the autocast dtype
             return logits.float().softmax(1)
-        return {
-            "correct": (logits.argmax(1) == y).sum(),
-            "loss_sum": self.criterion(logits, y) * len(y),
-            "count": torch.tensor(len(y), device=y.device),
-        }
+        return batch_counts(logits, y, self.criterion)
 
     def on_test_epoch_end(self) -> None:
         accs = self.test_class_acc.compute().tolist()
@@ -244,7 +248,14 @@ class Classifier(L.LightningModule):
                     correct[r::world] = shards[r, :n].bool()
             else:
                 correct = None
+        # Every rank reduces, one without test batches too (zeros): a collective all must join.
+        plain = getattr(self, "_plain_counts", None)
+        plain = torch.zeros(3, dtype=torch.float64, device=self.device) if plain is None else plain
+        self._plain_counts = None
+        correct_plain, loss_plain, n = self.trainer.strategy.reduce(plain, reduce_op="sum").tolist()
         self.test_report = {
+            "test_acc_plain": correct_plain / n if n else None,
+            "test_loss_plain": loss_plain / n if n else None,
             "per_class_acc": per_class,
             "test_images": sum(map(sum, confusion)),
             "confusion_matrix": confusion,
@@ -313,6 +324,15 @@ class Classifier(L.LightningModule):
             if "cuda" in state and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(state["cuda"])
             self._rng_state = None
+
+
+def batch_counts(logits: Tensor, y: Tensor, criterion: nn.Module) -> Tensor:
+    """(correct predictions, summed loss, images) of one evaluated batch, float64 on the
+    device: what evaluation.score and the test's figures without TTA add up, batch by batch."""
+    # Each made float64 before stacking: stacked as they are, under bf16-true the counts would
+    # be rounded to the loss's bf16 (499 correct images read 500).
+    counts = ((logits.argmax(1) == y).sum(), criterion(logits, y) * len(y), y.new_tensor(len(y)))
+    return torch.stack([c.double() for c in counts])
 
 
 def upgrade_train_acc(state: dict[str, Any]) -> None:

@@ -32,8 +32,8 @@ from tqdm import tqdm
 
 from cifar_lightning import contact_sheet, images
 from cifar_lightning.data.augment import eval_transform
-from cifar_lightning.data.datamodule import ImageTensorDataset
 from cifar_lightning.data.device_loader import DeviceBatches
+from cifar_lightning.data.loaders import ImageTensorDataset
 from cifar_lightning.errors import EXIT_BAD_IMAGES, UserError
 from cifar_lightning.export import load_exported
 from cifar_lightning.fileio import atomic_write

@@ -16,20 +16,27 @@ def tta_logits(net: nn.Module, x: Tensor, level: int = 2) -> Tensor:
              x and flip(x), 1/8 for each of the 4 translated views.
     Runs `net` as it is: put it in eval mode (and under no_grad) first.
     """
+    return tta_views(net, x, level)[0]
+
+
+def tta_views(net: nn.Module, x: Tensor, level: int = 2) -> tuple[Tensor, Tensor]:
+    """(tta_logits(net, x, level), net(x)): the plain view's logits come free with every level,
+    so a test with TTA also gives the figures without it, exactly as a pass at level 0 would."""
+    if level not in (0, 1, 2):
+        raise ValueError(f"tta level must be 0, 1 or 2, got {level}")
+    plain = net(x)
     if level == 0:
-        return net(x)
+        return plain, plain
+    logits = 0.5 * (plain + net(x.flip(-1)))
+    if level == 1:
+        return logits, plain
 
     def mirror(v: Tensor) -> Tensor:
         return 0.5 * (net(v) + net(v.flip(-1)))
 
-    logits = mirror(x)
-    if level == 1:
-        return logits
-    if level == 2:
-        h, w = x.shape[-2:]
-        padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
-        # The window at the padded origin shows the image moved one pixel down-right; the one at
-        # (2, 2) shows it moved up-left.
-        down_right, up_left = padded[..., :h, :w], padded[..., 2:, 2:]
-        return 0.5 * logits + 0.25 * (mirror(down_right) + mirror(up_left))
-    raise ValueError(f"tta level must be 0, 1 or 2, got {level}")
+    h, w = x.shape[-2:]
+    padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+    # The window at the padded origin shows the image moved one pixel down-right; the one at
+    # (2, 2) shows it moved up-left.
+    down_right, up_left = padded[..., :h, :w], padded[..., 2:, 2:]
+    return 0.5 * logits + 0.25 * (mirror(down_right) + mirror(up_left)), plain

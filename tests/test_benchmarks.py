@@ -158,16 +158,25 @@ def test_augment_throughput(folder_root: Path, tmp_path: Path, capsys):
     assert rounds[0] < rounds[1] < out.index("torchvision img/s")
 
 
-def test_wall_time_of_train_py(folder_root: Path, tmp_path: Path, capfd):
-    out = tmp_path / "wall.json"
-    r = wall_time.main([f"--out={out}", "--", "experiment=fast_cpu", f"data.root={folder_root}",
-                        *TINY, "trainer.max_epochs=1"])  # fmt: skip
+def test_wall_time_of_train_py(folder_root: Path, tmp_path: Path, capfd, monkeypatch):
+    out, clock = tmp_path / "wall.json", tmp_path / "clock.json"
+    clock.write_text(json.dumps({"runs": [], "mean_on_clock_s": 1.25}))  # time_to_accuracy's
+    monkeypatch.setattr(wall_time, "import_s", lambda env: 0.5)  # two interpreters spared
+    r = wall_time.main([f"--out={out}", f"--budget-from={clock}", "--", "experiment=fast_cpu",
+                        f"data.root={folder_root}", *TINY, "trainer.max_epochs=1"])  # fmt: skip
     assert r["returncode"] == 0 and r["wall_s"] > 0 and r["epochs"] == 1
     assert 0.0 <= r["test_acc"] <= 1.0
     assert json.loads(out.read_text())["test_acc"] == r["test_acc"]
+    assert r["budget"]["rest_s"] == pytest.approx(r["wall_s"] - 1.25 - 0.5)
+    assert f"the rest {r['budget']['rest_s']:.2f} s (target <= 3 s" in capfd.readouterr().out
     with pytest.raises(SystemExit):
         wall_time.main(["experiment=fast_cpu"])  # train.py's arguments go after --
     assert "put train.py's arguments after --" in capfd.readouterr().err
+    # A budget file that is not time_to_accuracy's: one error, before train.py runs.
+    for text in ("{", "[1]", '{"on_clock_s": "fast"}'):
+        clock.write_text(text)
+        with pytest.raises(SystemExit, match="--budget-from .*clock.json"):
+            wall_time.main([f"--budget-from={clock}", "--", "experiment=fast_cpu"])
 
 
 def test_cpu_limit_counts_the_step_and_its_ceiling(folder_root: Path, tmp_path: Path):
@@ -268,7 +277,8 @@ def gpu_steps() -> list[list[str]]:
     """benchmarks/gpu.sh's steps as argument lists (continued lines joined, $root and $out
     filled in), each without `step LIMIT`."""
     text = (REPO / "benchmarks" / "gpu.sh").read_text().replace("\\\n", " ")
-    steps = [shlex.split(line)[2:] for line in text.splitlines() if line.startswith("step ")]
+    lines = [line.strip() for line in text.splitlines()]
+    steps = [shlex.split(line)[2:] for line in lines if line.startswith("step ")]
     return [[w.replace("$root", "DATA").replace("$out", "OUT") for w in s] for s in steps]
 
 

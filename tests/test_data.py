@@ -12,7 +12,7 @@ from PIL import Image
 
 from cifar_lightning import CLASSES
 from cifar_lightning.data import CIFAR10DataModule, sources
-from cifar_lightning.data.datamodule import EpochSampler
+from cifar_lightning.data.loaders import EpochSampler
 from cifar_lightning.data.order import EpochOrder, derive_seed
 from cifar_lightning.errors import DataError
 from tests.conftest import run_cli

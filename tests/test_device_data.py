@@ -16,8 +16,8 @@ from torchvision.transforms.v2 import functional as F
 
 from cifar_lightning.data.augment import AugmentPreset, eval_transform, train_transform
 from cifar_lightning.data.batch_augment import BatchAugment, normalize
-from cifar_lightning.data.datamodule import ImageTensorDataset
 from cifar_lightning.data.device_loader import DeviceBatches
+from cifar_lightning.data.loaders import ImageTensorDataset
 from cifar_lightning.data.warp import interval_mask, row_intervals, sampling_grid
 from tests.synthetic import make_images
 

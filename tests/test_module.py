@@ -14,9 +14,10 @@ from torch import nn
 
 from cifar_lightning import DISPLAY_NAMES
 from cifar_lightning.data import CIFAR10DataModule
+from cifar_lightning.evaluation import score
 from cifar_lightning.models.fastnet import FastNet
 from cifar_lightning.models.network import Network
-from cifar_lightning.module import Classifier
+from cifar_lightning.module import Classifier, batch_counts
 from cifar_lightning.optim import EpochAware, Muon
 
 
@@ -67,6 +68,34 @@ def test_a_class_without_test_images_has_no_accuracy(folder_root, tmp_path):
     assert report["test_images"] == 3
     assert {name for name, acc in report["per_class_acc"].items() if acc is not None} == tested
     assert len(tested) < len(DISPLAY_NAMES)
+
+
+def test_the_tests_figures_without_tta_equal_a_separate_pass_without_it(folder_root, tmp_path):
+    # A test with TTA also counts its plain view (results.json's test_acc_plain): to the last
+    # digit what evaluation.score gives in a pass of its own at level 0, which it replaces.
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10))  # not flip-invariant
+    module = Classifier(net, optimizer=torch.optim.SGD, tta_level=2)
+    dm = CIFAR10DataModule(
+        root=str(folder_root), download=False, eval_batch_size=7, num_workers=0, val_size=50
+    )
+    trainer = L.Trainer(
+        accelerator="cpu", logger=False, default_root_dir=tmp_path, enable_progress_bar=False
+    )
+    [metrics] = trainer.test(module, datamodule=dm, verbose=False)
+    report = module.test_report
+    acc, loss = score(trainer, module, dm.eval_loader("test"), 0)
+    assert (report["test_acc_plain"], report["test_loss_plain"]) == (acc, loss)
+    assert report["test_loss_plain"] != pytest.approx(metrics["test/loss"])  # TTA's differs
+
+
+def test_batch_counts_stay_exact_under_bf16_weights():
+    # Stacked with a bf16 loss, 499 correct images would round to 500.
+    logits = torch.zeros(600, 10, dtype=torch.bfloat16)
+    logits[:499, 1] = 1.0
+    counts = batch_counts(logits, torch.ones(600, dtype=torch.long), nn.CrossEntropyLoss())
+    assert counts.dtype == torch.float64
+    assert counts[0].item() == 499 and counts[2].item() == 600
 
 
 class Sizes(nn.Module):

@@ -25,7 +25,7 @@ from pytorch_lightning.utilities.data import _update_dataloader
 from torch.utils.data import SequentialSampler
 
 from cifar_lightning import quiet
-from cifar_lightning.data.datamodule import EpochSampler, ImageTensorDataset, ResumableLoader
+from cifar_lightning.data.loaders import EpochSampler, ImageTensorDataset, ResumableLoader
 from cifar_lightning.data.order import EpochOrder
 from tests.conftest import REPO, run_cli
 from tests.test_readme import outputs_tree, results_keys

@@ -11,6 +11,7 @@ import torch
 
 from benchmarks.common import run_config
 from cifar_lightning import pipeline
+from cifar_lightning.data import datamodule
 
 
 class Observe(L.Callback):
@@ -34,14 +35,20 @@ class Observe(L.Callback):
         self.tested = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
 
 
-def test_fast94_tests_the_model_in_memory_which_equals_last_ckpt(folder_root: Path, tmp_path):
+def test_fast94_tests_the_model_in_memory_which_equals_last_ckpt(
+    folder_root: Path, tmp_path, monkeypatch
+):
     seen = Observe()
+    checks = []  # the data cache is checked once a run, not at each of its Lightning stages
+    real = datamodule.prepare_cache
+    monkeypatch.setattr(datamodule, "prepare_cache", lambda *a: checks.append(a) or real(*a))
     overrides = [f"data.root={folder_root}", "model.widths=[8,8,8]", "trainer.accelerator=cpu",
                  "trainer.precision=32-true", "data.batch_size=64", "data.eval_batch_size=50",
                  "trainer.max_epochs=2", "trainer.max_steps=-1",
                  "callbacks.lookahead.start_epoch=1"]  # fmt: skip
     with run_config("fast94", overrides, tmp_path / "run") as cfg:
         pipeline.train(cfg, extra_callbacks=lambda: [seen])
+    assert len(checks) == 1  # fit, test and two after-test predictions: one check
     assert seen.saves == ["at the end"]  # one save, at the fit's end: none inside its epochs
     saved = torch.load(tmp_path / "run/checkpoints/last.ckpt", weights_only=True)["state_dict"]
     assert seen.tested.keys() == saved.keys()

@@ -1,6 +1,6 @@
 """Batch order, seeding, sharding across ranks and the resume position, for both loaders.
 
-The DataLoader path (datamodule.EpochSampler + ResumableLoader) and the device path
+The DataLoader path (loaders.EpochSampler + ResumableLoader) and the device path
 (device_loader.DeviceBatches) take their epochs from an EpochOrder, so they visit the same
 images in the same order and checkpoint the same state.
 """
