@@ -44,6 +44,13 @@ def parser(doc: str, out: str, experiment: bool = True) -> argparse.ArgumentPars
     return p
 
 
+def b_overrides(p: argparse.ArgumentParser, example: str) -> None:
+    """--b KEY=VALUE, repeatable: the train.py overrides that make an A/B benchmark's B."""
+    p.add_argument("--b", action="append", required=True, metavar="KEY=VALUE",
+                   help=f"one of B's overrides, joined by '=' (--b={example}); "
+                        "repeat it for more")  # fmt: skip
+
+
 def parse(p: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
     """Parse argv; set the thread count and quiet Lightning's noise for the whole process.
 

@@ -12,9 +12,10 @@ images):
   train.py   pipeline.build_callbacks + make_trainer, writing into a temporary run folder;
   +Feature   lightning plus one feature of train.py's trainer (a callback, Lightning's own
              progress bar or checkpoints, a logger); its cost: its time less lightning's.
-A timed Lightning run is Trainer.fit (building the Trainer is timed apart), which checks the data
-cache and makes the batches as a run does; the plain loop does both before its clock starts, so
-their cost counts against Lightning. A warm-up round
+A timed Lightning run is Trainer.fit (building the Trainer is timed apart), which makes the
+batches as a run does; the plain loop does so before its clock starts, so that cost counts
+against Lightning. The data cache is checked once, before any run (a datamodule checks it once,
+as in a train.py run, however often Lightning asks). A warm-up round
 (plain, lightning, train.py) also checks that lightning and plain end with the same weights;
 then each round runs every variant in turn, and ratios and costs are taken within a round.
 
@@ -138,7 +139,7 @@ def run_plain(s: Setup) -> tuple[float, Classifier]:
     net, dm, device, total = module.net, s.datamodule, s.device, s.steps
     dm.trainer = None  # the last Lightning run's: the plain loop has none
     gc.collect()
-    dm.prepare_data()  # Trainer.fit: the data cache checked (setup() has loaded it already)
+    dm.prepare_data()  # as Trainer.fit: checked once already (Setup), so nothing more
     batches = dm.device_batches("train", train=True, device=device)
     start = now()
     net.to(device)  # Trainer.fit: model to the device; setup(): channels_last

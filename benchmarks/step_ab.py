@@ -22,15 +22,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere
 
-from benchmarks.common import parse, parser, run_config, save, spread  # noqa: E402
+from benchmarks.common import b_overrides, parse, parser, run_config, save, spread  # noqa: E402
 from benchmarks.cpu_limit import real_steps  # noqa: E402
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p = parser(__doc__, "benchmarks/results/step_ab.json")
-    p.add_argument("--b", action="append", required=True, metavar="KEY=VALUE",
-                   help="one of B's overrides, joined by '=' (--b=module.compile=true); "
-                        "repeat it for more")  # fmt: skip
+    b_overrides(p, "module.compile=true")
     p.add_argument("--size", type=int, default=32, help="training input side")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--steps", type=int, default=6, help="steps timed per run")

@@ -16,6 +16,7 @@ from benchmarks import (
     augment_throughput,
     common,
     cpu_limit,
+    fit_ab,
     loop_overhead,
     profile_step,
     step_ab,
@@ -271,6 +272,19 @@ def test_step_ab_alternates_a_and_b_and_reports_the_ratio(folder_root: Path, tmp
     assert r["b"] == ["optimizer.ns_steps=5"] and "optimizer.ns_steps=5" not in r["overrides"]
     assert [x["ratio"] for x in r["rounds"]] == [x["B"] / x["A"] for x in r["rounds"]]
     assert r["ratio"]["min"] <= r["ratio"]["median"] <= r["ratio"]["max"]
+
+
+def test_fit_ab_pairs_whole_fits_by_round(folder_root: Path, tmp_path: Path, capsys):
+    argv = [f"data.root={folder_root}", *TINY, "trainer.max_steps=2", "--rounds=2",
+            "--b=callbacks.progress_bar.interval_s=0",
+            f"--out={tmp_path / 'fit.json'}"]  # fmt: skip
+    r = fit_ab.main(argv)
+    assert r["b"] == ["callbacks.progress_bar.interval_s=0"] and len(r["rounds"]) == 2
+    diffs = [x["B"] - x["A"] for x in r["rounds"]]
+    assert r["diff_s"] == pytest.approx(sum(diffs) / 2) and r["test"] == "paired"
+    assert "round 2: A" in capsys.readouterr().out  # the untimed round 0 is not printed
+    with pytest.raises(SystemExit):
+        fit_ab.main([*argv, "--rounds=1"])
 
 
 def gpu_steps() -> list[list[str]]:

@@ -15,7 +15,7 @@ from scipy import stats
 from cifar_lightning.report import selection
 from cifar_lightning.report.groups import group_runs
 from cifar_lightning.report.runs import find_runs
-from cifar_lightning.report.stats import Difference
+from cifar_lightning.report.stats import Difference, paired
 from cifar_lightning.report.summary import compare, difference, sampling_errors, summarise
 from cifar_lightning.report.tables import cell, difference_cell, p_value, pp, z_cell
 from tests.conftest import REPO
@@ -36,12 +36,23 @@ SELECTION_1 = [
     *(REPO / f"docs/fast_cpu/runs/whiten_bias/wb64.0_seed{s}" for s in (0, 1, 2)),
 ]
 WHITEN_BIAS = REPO / "docs/fast_cpu/runs/whiten_bias"
+# The host-work tables (fast94 shrunk to its host work on a CPU, checkouts A and B interleaved):
+# file, the table's header, and its rows' phases (time_to_accuracy.py's clock keys).
+HOST_PROXY = [
+    ("host_proxy_fast94_ab.json", "| phase | A, median s (range, n = 6) |",
+     ["data_s", "train_s", "to_test_s", "after_test_s"]),
+    ("host_proxy_fast94_ab2.json", "| phase, round 2 | A, median s (range, n = 6) |",
+     ["data_s", "train_s", "to_test_s", "after_test_s", "wall_s", "rest_s"]),
+]  # fmt: skip
 OPTIMIZERS = {
     "Adam": "adam",
     "AdamW": "adamw",
     "SGD": "sgd_nesterov",
     "adam_to_sgd": "adam_to_sgd",
 }
+
+
+PROXY_ROWS = {"wall_s": "process", "rest_s": "process"}  # else "runs"
 
 
 def interval(d: Difference) -> str:
@@ -53,7 +64,7 @@ def interval(d: Difference) -> str:
 def table(text: str, header: str) -> list[list[str]]:
     """The body rows of the markdown table whose header row starts with `header`, as cells
     (bold marks and unicode minus signs normalised away)."""
-    lines = text.splitlines()
+    lines = [line.strip() for line in text.splitlines()]  # a table in a list item is indented
     [start] = [i for i, line in enumerate(lines) if line.startswith(header)]
     rows = []
     for line in lines[start + 2 :]:
@@ -152,6 +163,25 @@ def mismatches(readme: str) -> list[str]:
     mean = statistics.fmean(times)
     check("fast_cpu_v1 mean time", time_row[4], f"{mean:.1f} ({mean / 60:.1f} min)")
 
+    for name, header, phases in HOST_PROXY:
+        ab = json.loads((REPO / "benchmarks/results" / name).read_text())
+        for row, phase in zip(table(readme, header), phases, strict=True):
+            values = {k: [r[phase] for r in ab[k][PROXY_ROWS.get(phase, "runs")]] for k in "AB"}
+            for shown, k in zip(row[1:3], "AB", strict=True):
+                v = values[k]
+                summary = f"{statistics.median(v):.3f} ({min(v):.3f}-{max(v):.3f})"
+                check(f"{name} {phase} {k}", shown, summary)
+            d = paired(values["B"], values["A"])
+            diff = f"{d.diff:+.3f} [{d.ci_low:+.3f}, {d.ci_high:+.3f}], p {p_value(d.p)}"
+            check(f"{name} {phase} B - A", row[3], diff)
+
+    fab = json.loads((REPO / "benchmarks/results/fit_ab_progress_bar.json").read_text())
+    low, high = fab["ci_s"]
+    said("progress bar redraws", f"B − A **{fab['diff_s']:+.3f} s [{low:+.3f}, {high:+.3f}]** "
+         f"per 475-step fit, p {p_value(fab['p'])}")  # fmt: skip
+    rest = [r["rest_s"] for r in ab["B"]["process"]]  # ab: round 2's, the last HOST_PROXY file
+    said("process rest on the CPU", f"on this CPU {statistics.median(rest):.2f} s (median)")
+
     # Selection 2's confirmation, by docs/fast_cpu/selection-2.md's rule.
     decision = selection.decide(selection.collect(SELECTION_2), "v1", ["S8", "S2"],
                                 [1, 2, 3, 4, 5], 0.30, 0.05, 0.03)  # fmt: skip
@@ -203,7 +233,9 @@ def test_readme_figures_are_the_committed_results():
      ("[−0.02, +0.13], paired", "[−0.02, +0.15], paired"),  # the whitening bias's interval
      ("lose 1.0-1.9 points", "lose 1.0-1.8 points"),  # selection 2's per-seed loss
      ("being 0.65x v1's", "being 0.60x v1's"),  # selection 2's time ratio
-     ("reaches +0.57 points", "reaches +0.50 points")],  # adam_to_sgd against Adam
+     ("reaches +0.57 points", "reaches +0.50 points"),  # adam_to_sgd against Adam
+     ("| 0.017 (0.012-0.020) |", "| 0.015 (0.012-0.020) |"),  # host work, round 2
+     ("−0.545 [−0.573, −0.516]", "−0.545 [−0.573, −0.506]")],  # host work, its paired interval
 )  # fmt: skip
 def test_a_figure_edited_by_hand_is_caught(shown: str, edited: str):
     assert README.count(shown) == 1
