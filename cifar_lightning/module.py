@@ -331,7 +331,9 @@ def batch_counts(logits: Tensor, y: Tensor, criterion: nn.Module) -> Tensor:
     device: what evaluation.score and the test's figures without TTA add up, batch by batch."""
     # Each made float64 before stacking: stacked as they are, under bf16-true the counts would
     # be rounded to the loss's bf16 (499 correct images read 500).
-    counts = ((logits.argmax(1) == y).sum(), criterion(logits, y) * len(y), y.new_tensor(len(y)))
+    # The image count made on the device (torch.full), not copied there from the host.
+    images = torch.full((), len(y), dtype=torch.float64, device=y.device)
+    counts = ((logits.argmax(1) == y).sum(), criterion(logits, y) * len(y), images)
     return torch.stack([c.double() for c in counts])
 
 
