@@ -2,12 +2,13 @@
 the step (a callback's setting, logging, checkpoints) cost time, measured side by side?
 
 Each round fits the recipe once as A (the recipe) and once as B (the recipe plus --b's
-overrides), alternating which goes first, with train.py's trainer and callbacks (no logger)
-from the same initial weights on the same data (benchmarks/loop_overhead.py's Setup: the data
-cache checked and loaded before the clock). The clock is Trainer.fit, building the Trainer left
-off. One untimed round first. Prints each round's A, B and B − A, then the paired difference
-over the rounds with its 95 % interval (paired t): step_ab.py times single steps, which leaves
-out what other callbacks do after the step's own hooks; this times all of it.
+overrides), alternating which goes first, with train.py's trainer, callbacks and logger, from
+the same initial weights on the same data (benchmarks/loop_overhead.py's Setup: the data cache
+checked and loaded before the clock; data.loader=device and data.val_size=0 only). The clock
+is Trainer.fit, building the Trainer left off. One untimed round first. Prints each round's A,
+B and B − A, then the paired difference over the rounds with its 95 % interval (paired t):
+step_ab.py times single steps, which leaves out what other callbacks do after the step's own
+hooks; this times all of it.
 
     python benchmarks/fit_ab.py --experiment fast94 --b=callbacks.progress_bar.interval_s=0 \\
         --rounds 5 --threads 1 data.root=data/cifar10-jpeg trainer.accelerator=cpu \\

@@ -54,8 +54,8 @@ step 90 python benchmarks/loop_overhead.py --experiment fast94 --repeats 3 \
 step 60 python benchmarks/profile_step.py --experiment fast94 --warmup 5 \
     --out "$out/profile_step_fast94_cuda.json" data.root="$root"
 # 4. a whole `python train.py experiment=fast94`, process start to exit (~27 s in issue 28),
-#    set against step 1's on-clock time plus two timed `import pytorch_lightning, hydra` (~12 s
-#    each): the rest's target is 3 s (expected ~55 s)
+#    set against step 1's on-clock time plus the time of `import pytorch_lightning, hydra`
+#    (run twice, ~12 s each, the second timed): the rest's target is 3 s (expected ~55 s)
 clock="$out/time_to_accuracy_fast94.json"
 if [ -f "$clock" ]; then
     step 80 python benchmarks/wall_time.py --out "$out/wall_time_fast94.json" \

@@ -61,7 +61,8 @@ class Setup:
 
     def __init__(self, cfg: DictConfig, out: Path) -> None:
         if cfg.data.loader != "device" or cfg.data.val_size:
-            raise SystemExit("loop_overhead needs data.loader=device and data.val_size=0")
+            raise SystemExit("loop_overhead.py and fit_ab.py need data.loader=device and "
+                             "data.val_size=0")  # fmt: skip
         self.cfg, self.out = cfg, out
         self.retained = bool(cfg.retain_cpu_memory) and retain_freed_memory()  # as train.py
         self.seed = L.seed_everything(cfg.seed, workers=True, verbose=False)

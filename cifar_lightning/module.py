@@ -188,7 +188,9 @@ class Classifier(L.LightningModule):
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
         x, y = self._inputs(batch)
         if self.tta_level:
-            logits, plain = tta_views(self.net, x, self.tta_level)
+            logits, plain = tta_views(self.net, x, self.tta_level)  # eager, as eval_logits
+            if self._compiled is not None:  # the figure without TTA is the compiled module's,
+                plain = self(x)  # as a pass at level 0 (eval_logits) computes it
         else:
             logits = plain = self(x)
         preds = logits.argmax(1)
@@ -248,7 +250,7 @@ class Classifier(L.LightningModule):
                     correct[r::world] = shards[r, :n].bool()
             else:
                 correct = None
-        # Every rank reduces, one without test batches too (zeros): a collective all must join.
+        # Set at batch 0; a pass without batches never gets here (Lightning skips its epoch end).
         plain = getattr(self, "_plain_counts", None)
         plain = torch.zeros(3, dtype=torch.float64, device=self.device) if plain is None else plain
         self._plain_counts = None

@@ -273,7 +273,9 @@ def train(cfg: DictConfig, extra_callbacks: ExtraCallbacks | None = None) -> flo
     best_val = None
     if ckpt_cb is not None and ckpt_cb.best_model_score is not None:
         best_val = float(ckpt_cb.best_model_score)
-    datamodule.setup("test")  # a run with train=false has not loaded the data yet
+    if not cfg.test:  # after_fit_figures reads the data, which a train=false run has not loaded
+        datamodule.prepare_data()  # checked before it is loaded, as a Lightning stage does
+        datamodule.setup("test")
     test = run_test(trainer, module, datamodule) if cfg.test else None
     figures = after_fit_figures(trainer, module, datamodule, test)
     if trainer.is_global_zero:
@@ -336,8 +338,7 @@ def evaluate(cfg: DictConfig) -> float:
             trainer_cfg[key] = value
     trainer = make_trainer(trainer_cfg, cfg.logger, [health] if health is not None else [], out,
                            run_cfg.get("matmul_precision"))  # fmt: skip
-    datamodule.setup("test")
-    test = run_test(trainer, module, datamodule)
+    test = run_test(trainer, module, datamodule)  # trainer.test checks, then loads, the data
     figures = after_fit_figures(trainer, module, datamodule, test)
     if trainer.is_global_zero:
         save_results(

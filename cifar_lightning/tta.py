@@ -21,7 +21,8 @@ def tta_logits(net: nn.Module, x: Tensor, level: int = 2) -> Tensor:
 
 def tta_views(net: nn.Module, x: Tensor, level: int = 2) -> tuple[Tensor, Tensor]:
     """(tta_logits(net, x, level), net(x)): the plain view's logits come free with every level,
-    so a test with TTA also gives the figures without it, exactly as a pass at level 0 would."""
+    so a test with TTA also gives the figures without it, exactly as a pass of `net` at level 0
+    would."""
     if level not in (0, 1, 2):
         raise ValueError(f"tta level must be 0, 1 or 2, got {level}")
     plain = net(x)

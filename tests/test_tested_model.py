@@ -12,6 +12,7 @@ import torch
 from benchmarks.common import run_config
 from cifar_lightning import pipeline
 from cifar_lightning.data import datamodule
+from tests.conftest import task_config
 
 
 class Observe(L.Callback):
@@ -65,3 +66,17 @@ def test_without_epoch_end_saves_last_ckpt_is_written_at_the_fits_end(folder_roo
         pipeline.train(cfg)
     last = torch.load(tmp_path / "run/checkpoints/last.ckpt", weights_only=True)
     assert last["global_step"] == 2 * 11  # 350 images, 11 batches of 32 an epoch
+
+
+def test_eval_checks_the_data_cache_before_it_loads_the_data(
+    trained_run: Path, tmp_path, monkeypatch
+):
+    # Loaded first and checked after, a stale cache would be evaluated as it is.
+    calls = []
+    check, load = datamodule.prepare_cache, datamodule.load_splits
+    monkeypatch.setattr(datamodule, "prepare_cache", lambda *a: calls.append("check") or check(*a))
+    monkeypatch.setattr(datamodule, "load_splits", lambda *a: calls.append("load") or load(*a))
+    ckpt = trained_run / "checkpoints" / "last.ckpt"
+    with task_config("eval", [f"ckpt_path={ckpt}"], tmp_path) as cfg:
+        pipeline.evaluate(cfg)
+    assert calls == ["check", "load"]
