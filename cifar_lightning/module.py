@@ -314,7 +314,18 @@ class Classifier(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._rng_state = checkpoint.get("rng_state")
-        upgrade_train_acc(checkpoint.get("state_dict", {}))
+        state = checkpoint.get("state_dict", {})
+        upgrade_train_acc(state)
+        # The epoch's running train sums in a checkpoint are rank 0's (it alone writes). Under
+        # DDP the other ranks start theirs from zero, or the images rank 0 saw before a
+        # mid-epoch interruption would count once per rank in train/loss and train/acc; the
+        # other ranks' images before it are lost, so that epoch's figures cover rank 0's
+        # images before the interruption and every rank's after it.
+        if self._trainer is not None and self.trainer.global_rank != 0:
+            for name in ("train_loss", "train_acc"):
+                for key in (f"{name}.mean_value", f"{name}.weight"):
+                    if key in state:
+                        state[key] = torch.zeros_like(state[key])
 
     def on_train_start(self) -> None:
         # An epoch resumed midway has no on_train_epoch_start: its metrics register here.

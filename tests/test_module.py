@@ -4,6 +4,7 @@ hooks it drives."""
 from __future__ import annotations
 
 from functools import partial
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -108,6 +109,24 @@ def test_batch_counts_stay_exact_under_bf16_weights():
     counts = batch_counts(logits, torch.ones(600, dtype=torch.long), nn.CrossEntropyLoss())
     assert counts.dtype == torch.float64
     assert counts[0].item() == 499 and counts[2].item() == 600
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_resumed_ranks_other_than_0_start_their_train_sums_from_zero(rank):
+    # A checkpoint holds rank 0's running sums; loaded on every rank of a DDP run, they would
+    # count rank 0's images of the interrupted epoch once per rank.
+    saved = Classifier(nn.Linear(3, 10), optimizer=torch.optim.SGD)
+    saved.train_loss.update(torch.tensor(6.0), 3)
+    saved.train_acc.update(torch.tensor(2.0), 3)
+    checkpoint = {"state_dict": saved.state_dict()}
+    module = Classifier(nn.Linear(3, 10), optimizer=torch.optim.SGD)
+    module.trainer = SimpleNamespace(global_rank=rank)  # what on_load_checkpoint asks of it
+    module.on_load_checkpoint(checkpoint)
+    module.load_state_dict(checkpoint["state_dict"])
+    sums = [module.train_loss.mean_value, module.train_loss.weight, module.train_acc.mean_value,
+            module.train_acc.weight]  # fmt: skip
+    assert [float(v) for v in sums] == ([6.0, 3.0, 2.0, 3.0] if rank == 0 else [0.0] * 4)
+    assert torch.equal(module.net.weight, saved.net.weight)  # the weights load on every rank
 
 
 class Sizes(nn.Module):
