@@ -26,7 +26,7 @@ def score(
     finally:
         module.predict_tta_level = 0
     totals = torch.zeros(3, dtype=torch.float64, device=module.device)
-    for counts in outputs or []:  # Classifier.predict_step's batch_counts
+    for counts in outputs or []:  # Classifier.predict_step: metrics.batch_counts
         totals += counts
     correct, loss_sum, count = trainer.strategy.reduce(totals, reduce_op="sum").tolist()
     if count == 0:

@@ -1,4 +1,5 @@
-"""A running weighted mean for the training step: two in-place adds on the device per update.
+"""The Classifier's counting: a running weighted mean for the training step (two in-place adds
+on the device per update), an evaluated batch's counts, and old checkpoints' train_acc states.
 
 torchmetrics' MulticlassAccuracy and MeanMetric check their arguments on every update (a
 `torch.unique` of the labels, a NaN test of the values): each check reads a value back from the
@@ -13,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torchmetrics import Metric
 
 
@@ -53,3 +54,24 @@ class RunningMean(Metric):
 
     def compute(self) -> Tensor:
         return self.mean_value / self.weight
+
+
+def batch_counts(logits: Tensor, y: Tensor, criterion: nn.Module) -> Tensor:
+    """(correct predictions, summed loss, images) of one evaluated batch, float64 on the
+    device: what evaluation.score and the test's figures without TTA add up, batch by batch."""
+    # Each made float64 before stacking: stacked as they are, under bf16-true the counts would
+    # be rounded to the loss's bf16 (499 correct images read 500).
+    # The image count made on the device (torch.full), not copied there from the host.
+    images = torch.full((), len(y), dtype=torch.float64, device=y.device)
+    counts = ((logits.argmax(1) == y).sum(), criterion(logits, y) * len(y), images)
+    return torch.stack([c.double() for c in counts])
+
+
+def upgrade_train_acc(state: dict[str, Any]) -> None:
+    """A checkpoint written while train_acc was torchmetrics' MulticlassAccuracy (micro) holds
+    its counts tp, fp, tn, fn: as RunningMean's states, correct = tp of tp + fn images."""
+    if "train_acc.tp" in state:
+        tp, fn = state.pop("train_acc.tp"), state.pop("train_acc.fn")
+        state.pop("train_acc.fp", None), state.pop("train_acc.tn", None)
+        state["train_acc.mean_value"] = tp.sum().float()
+        state["train_acc.weight"] = (tp + fn).sum().float()

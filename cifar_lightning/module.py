@@ -17,7 +17,7 @@ from torchmetrics.classification import (
 )
 
 from cifar_lightning import DISPLAY_NAMES
-from cifar_lightning.metrics import RunningMean
+from cifar_lightning.metrics import RunningMean, batch_counts, upgrade_train_acc
 from cifar_lightning.models.network import Network, default_param_groups
 from cifar_lightning.optim import EpochAware
 from cifar_lightning.schedulers import GroupDecay
@@ -337,24 +337,3 @@ class Classifier(L.LightningModule):
             if "cuda" in state and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(state["cuda"])
             self._rng_state = None
-
-
-def batch_counts(logits: Tensor, y: Tensor, criterion: nn.Module) -> Tensor:
-    """(correct predictions, summed loss, images) of one evaluated batch, float64 on the
-    device: what evaluation.score and the test's figures without TTA add up, batch by batch."""
-    # Each made float64 before stacking: stacked as they are, under bf16-true the counts would
-    # be rounded to the loss's bf16 (499 correct images read 500).
-    # The image count made on the device (torch.full), not copied there from the host.
-    images = torch.full((), len(y), dtype=torch.float64, device=y.device)
-    counts = ((logits.argmax(1) == y).sum(), criterion(logits, y) * len(y), images)
-    return torch.stack([c.double() for c in counts])
-
-
-def upgrade_train_acc(state: dict[str, Any]) -> None:
-    """A checkpoint written while train_acc was torchmetrics' MulticlassAccuracy (micro) holds
-    its counts tp, fp, tn, fn: as RunningMean's states, correct = tp of tp + fn images."""
-    if "train_acc.tp" in state:
-        tp, fn = state.pop("train_acc.tp"), state.pop("train_acc.fn")
-        state.pop("train_acc.fp", None), state.pop("train_acc.tn", None)
-        state["train_acc.mean_value"] = tp.sum().float()
-        state["train_acc.weight"] = (tp + fn).sum().float()

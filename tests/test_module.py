@@ -16,9 +16,10 @@ from torch import nn
 from cifar_lightning import DISPLAY_NAMES
 from cifar_lightning.data import CIFAR10DataModule
 from cifar_lightning.evaluation import score
+from cifar_lightning.metrics import batch_counts
 from cifar_lightning.models.fastnet import FastNet
 from cifar_lightning.models.network import Network
-from cifar_lightning.module import Classifier, batch_counts
+from cifar_lightning.module import Classifier
 from cifar_lightning.optim import EpochAware, Muon
 
 

@@ -12,8 +12,7 @@ import torch
 
 from benchmarks import loop_overhead, op_count
 from benchmarks.common import run_config
-from cifar_lightning.metrics import RunningMean
-from cifar_lightning.module import upgrade_train_acc
+from cifar_lightning.metrics import RunningMean, upgrade_train_acc
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
