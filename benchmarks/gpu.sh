@@ -8,8 +8,9 @@
 # stop the others; the exit status is non-zero if any failed or was skipped.
 # The sizes below (seeds, repeats, images) are cut so that the steps' expected times, reckoned
 # from issue 28's H200 figures (imports ~12 s per process, fast94 ~11 ms a step and ~10 s a run),
-# add up to about 5.5 minutes; the limits only stop a step that hangs, and the budget drops the
-# last steps (the least needed come last). Not yet run on a GPU.
+# add up to about 6 minutes; the limits only stop a step that hangs, and the budget drops the
+# last steps: the targets' measurements and the no-sync check come first, the diagnostics
+# after them. Not yet run on a GPU.
 set -u
 export PYTHONUNBUFFERED=1  # each step's progress shows as it runs
 root=$(realpath "${1:?usage: bash benchmarks/gpu.sh DATA_ROOT [RESULTS_DIR]}")
@@ -42,27 +43,11 @@ step() {  # step LIMIT_S COMMAND...
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 # 1. fast94 over 3 seeds, after an untimed warm-up run into epoch 4 (Lookahead starts in 3);
 #    no per-epoch evaluations (expected ~50 s: 3 runs of ~10 s, warm-up, imports)
-rm -f "$out/time_to_accuracy_fast94.json"  # step 5 reads this run's, never an older one
+rm -f "$out/time_to_accuracy_fast94.json"  # step 2 reads this run's, never an older one
 step 100 python benchmarks/time_to_accuracy.py --experiment fast94 --target 0.94 \
     --seeds 0 1 2 --warmup-steps 150 --no-epoch-eval \
     --out "$out/time_to_accuracy_fast94.json" data.root="$root"
-# 2. fast94_muon over 3 seeds, after a warm-up run past step 75 (the whitening bias's freeze
-#    compiles the network a second time); compiled in torch's default mode, as side_by_side.sh
-#    compiles airbench94_muon (max-autotune tunes for minutes); the compiled code serves every
-#    later run in the process (expected ~70 s: compilation, 3 runs of ~4 s, imports)
-rm -f "$out/time_to_accuracy_fast94_muon.json"
-step 120 python benchmarks/time_to_accuracy.py --experiment fast94_muon --target 0.94 \
-    --seeds 0 1 2 --warmup-steps 100 --no-epoch-eval module.compile=true \
-    --out "$out/time_to_accuracy_fast94_muon.json" data.root="$root"
-# 3. Lightning (bare, and as train.py configures it, feature by feature) vs a plain loop, one
-#    epoch of fast94 (48 steps of 1024; trainer=gpu puts it on the GPU) (expected ~45 s)
-step 90 python benchmarks/loop_overhead.py --experiment fast94 --repeats 3 \
-    --out "$out/loop_overhead_fast94_cuda.json" data.root="$root"
-# 4. where fast94's step spends its CPU and its GPU kernel time: torch.profiler over one epoch's
-#    steps after 5 warm-up steps (expected ~30 s)
-step 60 python benchmarks/profile_step.py --experiment fast94 --warmup 5 \
-    --out "$out/profile_step_fast94_cuda.json" data.root="$root"
-# 5. a whole `python train.py experiment=fast94`, process start to exit (~27 s in issue 28),
+# 2. a whole `python train.py experiment=fast94`, process start to exit (~27 s in issue 28),
 #    set against step 1's on-clock time plus the time of `import pytorch_lightning, hydra`
 #    (run twice, ~12 s each, the second timed): the rest's target is 3 s (expected ~55 s)
 clock="$out/time_to_accuracy_fast94.json"
@@ -73,11 +58,28 @@ else  # step 1 failed: the process time alone
     step 50 python benchmarks/wall_time.py --out "$out/wall_time_fast94.json" \
         -- experiment=fast94 data.root="$root"
 fi
-# 6. no synchronising CUDA call in fast94's steps outside logging points: 150 steps (Lookahead's
+# 3. no synchronising CUDA call in fast94's steps outside logging points: 150 steps (Lookahead's
 #    first averages, the health checks' loss windows) under set_sync_debug_mode("error")
 #    (expected ~30 s; the op and host-read counts, benchmarks/op_count.py, run on the CPU)
 step 60 python benchmarks/sync_check.py --experiment fast94 --steps 150 \
     --out "$out/sync_check_fast94.json" data.root="$root"
+# 4. fast94_muon over 3 seeds, after a warm-up run past step 75 (the whitening bias's freeze
+#    compiles the network a second time); compiled in torch's default mode, as side_by_side.sh
+#    compiles airbench94_muon (max-autotune tunes for minutes); the compiled code serves every
+#    later run in the process (expected ~70-120 s: three compilations (training, after the
+#    freeze, evaluation) and Newton-Schulz's, unmeasured; 3 runs of ~4 s; imports)
+rm -f "$out/time_to_accuracy_fast94_muon.json"
+step 180 python benchmarks/time_to_accuracy.py --experiment fast94_muon --target 0.94 \
+    --seeds 0 1 2 --warmup-steps 100 --no-epoch-eval module.compile=true \
+    --out "$out/time_to_accuracy_fast94_muon.json" data.root="$root"
+# 5. Lightning (bare, and as train.py configures it, feature by feature) vs a plain loop, one
+#    epoch of fast94 (48 steps of 1024; trainer=gpu puts it on the GPU) (expected ~45 s)
+step 90 python benchmarks/loop_overhead.py --experiment fast94 --repeats 3 \
+    --out "$out/loop_overhead_fast94_cuda.json" data.root="$root"
+# 6. where fast94's step spends its CPU and its GPU kernel time: torch.profiler over one epoch's
+#    steps after 5 warm-up steps (expected ~30 s)
+step 60 python benchmarks/profile_step.py --experiment fast94 --warmup 5 \
+    --out "$out/profile_step_fast94_cuda.json" data.root="$root"
 # 7. device augmentation vs torchvision's per-image pipeline (DataLoader, 2 workers), 5,120
 #    images, 3 rounds of at least 1 s per path, each printed as it ends (expected ~50 s; a
 #    diagnostic, so last: the first step the budget drops)

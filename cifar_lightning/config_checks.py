@@ -26,8 +26,8 @@ from cifar_lightning.errors import UserError
 
 # Modules whose own classes and functions a config may name. Matched against where the object
 # is *defined* (its __module__), not where it is looked up: `cifar_lightning.callbacks.Path`
-# is pathlib.Path, imported there. Data sources (cifar_lightning.data.sources) are left out:
-# their functions download and write files.
+# is pathlib.Path, imported there. The data readers and cache (cifar_lightning.data.readers,
+# .sources) are left out: their functions download and write files.
 PROJECT_MODULES = (
     "cifar_lightning.data.datamodule",
     "cifar_lightning.models",

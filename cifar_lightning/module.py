@@ -126,6 +126,12 @@ class Classifier(L.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self._register_train_metrics = True  # see training_step
+        # A new epoch's sums start from zero. Lightning resets them after an epoch's end, but a
+        # last.ckpt written at that end (callbacks.LastCheckpoint) holds them before the reset:
+        # a run resumed from it would count the finished epoch's images again. (An epoch
+        # resumed midway gets no on_train_epoch_start and keeps its checkpointed sums.)
+        self.train_loss.reset()
+        self.train_acc.reset()
         # Networks and optimizers that change with the epoch (fastnet's whitening bias,
         # adam_to_sgd) get told which one starts.
         if isinstance(self.net, Network):

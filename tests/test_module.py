@@ -4,6 +4,7 @@ hooks it drives."""
 from __future__ import annotations
 
 from functools import partial
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -14,6 +15,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from cifar_lightning import DISPLAY_NAMES
+from cifar_lightning.callbacks import LastCheckpoint
 from cifar_lightning.data import CIFAR10DataModule
 from cifar_lightning.evaluation import score
 from cifar_lightning.metrics import batch_counts
@@ -128,6 +130,41 @@ def test_resumed_ranks_other_than_0_start_their_train_sums_from_zero(rank):
             module.train_acc.weight]  # fmt: skip
     assert [float(v) for v in sums] == ([6.0, 3.0, 2.0, 3.0] if rank == 0 else [0.0] * 4)
     assert torch.equal(module.net.weight, saved.net.weight)  # the weights load on every rank
+
+
+class TrainSums(L.Callback):
+    """The running train sums at each epoch's end, before Lightning computes and resets them."""
+
+    def __init__(self) -> None:
+        self.images: list[float] = []
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: Classifier) -> None:
+        self.images.append(float(pl_module.train_loss.weight))
+
+
+def test_a_run_resumed_from_an_epoch_end_checkpoint_counts_each_epochs_images_once(
+    folder_root, tmp_path
+):
+    # last.ckpt written at an epoch's end holds that epoch's sums, taken before Lightning resets
+    # them: the resumed run's next epoch must not add to them.
+    def fit(epochs: int, ckpt: Path | None, sums: TrainSums) -> None:
+        torch.manual_seed(0)
+        module = Classifier(nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10)),
+                            optimizer=partial(torch.optim.SGD, lr=0.01))  # fmt: skip
+        dm = CIFAR10DataModule(root=str(folder_root), download=False, batch_size=50,
+                               val_size=0, num_workers=0)  # fmt: skip
+        last = LastCheckpoint(str(tmp_path / "ckpt"), every_n_train_steps=0, every_n_epochs=1)
+        trainer = L.Trainer(accelerator="cpu", max_epochs=epochs, logger=False,
+                            default_root_dir=tmp_path, enable_progress_bar=False,
+                            callbacks=[last, sums], num_sanity_val_steps=0)  # fmt: skip
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
+
+    whole, first, resumed = TrainSums(), TrainSums(), TrainSums()
+    fit(2, None, whole)
+    fit(1, None, first)
+    fit(2, tmp_path / "ckpt" / "last.ckpt", resumed)
+    assert whole.images[0] == first.images[0] > 0
+    assert resumed.images == whole.images[1:]  # the second epoch's images, once
 
 
 class Sizes(nn.Module):
