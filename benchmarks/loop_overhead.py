@@ -140,7 +140,6 @@ def run_plain(s: Setup) -> tuple[float, Classifier]:
     net, dm, device, total = module.net, s.datamodule, s.device, s.steps
     dm.trainer = None  # the last Lightning run's: the plain loop has none
     gc.collect()
-    dm.prepare_data()  # as Trainer.fit: checked once already (Setup), so nothing more
     batches = dm.device_batches("train", train=True, device=device)
     start = now()
     net.to(device)  # Trainer.fit: model to the device; setup(): channels_last

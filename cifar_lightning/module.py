@@ -256,14 +256,13 @@ class Classifier(L.LightningModule):
                     correct[r::world] = shards[r, :n].bool()
             else:
                 correct = None
-        # Set at batch 0; a pass without batches never gets here (Lightning skips its epoch end).
-        plain = getattr(self, "_plain_counts", None)
-        plain = torch.zeros(3, dtype=torch.float64, device=self.device) if plain is None else plain
-        self._plain_counts = None
-        correct_plain, loss_plain, n = self.trainer.strategy.reduce(plain, reduce_op="sum").tolist()
+        # Set at this pass's batch 0: a pass without batches never gets here (Lightning skips
+        # its epoch end), so every rank that reaches this reduce has counted images.
+        counts = self.trainer.strategy.reduce(self._plain_counts, reduce_op="sum")
+        correct_plain, loss_plain, n = counts.tolist()
         self.test_report = {
-            "test_acc_plain": correct_plain / n if n else None,
-            "test_loss_plain": loss_plain / n if n else None,
+            "test_acc_plain": correct_plain / n,
+            "test_loss_plain": loss_plain / n,
             "per_class_acc": per_class,
             "test_images": sum(map(sum, confusion)),
             "confusion_matrix": confusion,
