@@ -12,7 +12,8 @@ backward, optimizer, schedule, data, metrics, callbacks), and splits the count b
   host reads every op that hands a tensor's value to Python (`item`, `bool`/`float`/`int` of a
              tensor, `tolist`, `numpy`, `.cpu()`, `nonzero`, `unique`, boolean-mask indexing),
              with the step it happened in and whether that step was a logging point
-             (`trainer.log_every_n_steps`, the epoch end). Reads of values that stay on the host
+             (`trainer.log_every_n_steps`, the epoch end); tensors made from host values are
+             counted with them (on a GPU, a blocking copy). Reads of values that stay on the host
              in a GPU run too (torchvision's per-image transforms, the DataLoader, torch.optim's
              step counters, a GradScaler) are marked host-resident, not device reads.
 
@@ -53,8 +54,13 @@ TARGET = 170  # ops per step: airbench94's 155 + 10 % (issue 28)
 # output before it exists.
 READS = {"_local_scalar_dense", "nonzero", "_unique2", "unique_dim", "unique_consecutive",
          "masked_select", "nonzero_static"}  # fmt: skip
-# Values that live on the host in a GPU run too: not device reads (issue 28).
-HOST_RESIDENT = ("torch/optim/optimizer.py", "torchvision/", "torch/utils/data/",
+# Tensors made from host values (`torch.tensor`, `as_tensor` of a number or list, `from_numpy`):
+# made on a GPU, a blocking copy from the host, which waits for the device as a read does
+# (CUDA's sync debug mode flags it). Here every tensor is on the CPU, so each is counted.
+TO_DEVICE = {"lift_fresh"}
+# Values that live on the host in a GPU run too: not device reads (issue 28). torch.optim
+# keeps its step counters on the host (device="cpu") unless capturable or fused.
+HOST_RESIDENT = ("torch/optim/", "torchvision/", "torch/utils/data/",
                  "torch/amp/grad_scaler.py")  # fmt: skip
 
 
@@ -88,7 +94,7 @@ class Count(TorchDispatchMode):
         bool_index = name == "index" and any(
             t is not None and t.dtype == torch.bool for t in (args[1] if len(args) > 1 else ())
         )
-        if name in READS or bool_index:
+        if name in READS or name in TO_DEVICE or bool_index:
             self.read(name)
         return func(*args, **(kwargs or {}))
 

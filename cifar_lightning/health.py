@@ -207,7 +207,11 @@ class HealthCheck(L.Callback):
         got = self._count(outputs, batch)
         if got is not None:
             preds, y = got
-            self._train_correct = self._train_correct + (preds == y).sum()
+            # A module that counted its correct predictions already (the Classifier) saves two
+            # ops a step.
+            correct = outputs.get("correct")
+            self._train_correct = self._train_correct + (
+                (preds == y).sum() if correct is None else correct)  # fmt: skip
             self._train_total += len(y)
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:  # noqa: ANN001

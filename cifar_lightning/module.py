@@ -103,6 +103,16 @@ class Classifier(L.LightningModule):
         self._groups: list[dict[str, Any]] = []  # the network's parameter groups, as built
         self._register_train_metrics = True  # the next training step logs the epoch's metrics
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Lightning names the hook it is in (_current_fx_name) before and after each hook call,
+        # 46 times a training step; nn.Module.__setattr__ first checks the value against its
+        # parameters, buffers and submodules (0.93 us a call on a 2-core EPYC, 0.15 us stored
+        # directly). A hook's name is a string or None, never one of those.
+        if name == "_current_fx_name":
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
     def forward(self, x: Tensor) -> Tensor:
         # `is None`, not `or`: a compiled module has no truth value (bool() asks for its len()).
         return (self.net if self._compiled is None else self._compiled)(x)
@@ -162,8 +172,9 @@ class Classifier(L.LightningModule):
         logits = self(x)
         loss = self.criterion(logits, y)
         preds = logits.detach().argmax(1)
+        correct = (preds == y).sum()
         # Epoch-level only: sums stay on the device, nothing is read back per step.
-        self.train_acc.update((preds == y).sum(), len(y))
+        self.train_acc.update(correct, len(y))
         self.train_loss.update(loss.detach() * len(y), len(y))
         if self._register_train_metrics:
             # Once per epoch is enough: Lightning computes a logged Metric at the epoch's end
@@ -173,7 +184,8 @@ class Classifier(L.LightningModule):
             self._register_train_metrics = False
             self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, prog_bar=True)
             self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
-        return {"loss": loss, "preds": preds}  # predictions feed the health checks
+        # Predictions and their count of correct ones feed the health checks.
+        return {"loss": loss, "preds": preds, "correct": correct}
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
         x, y = self._inputs(batch)

@@ -149,6 +149,26 @@ def test_the_loss_windows_count_optimizer_steps_under_gradient_accumulation(accu
     assert "over the first 8 steps" in finding["message"]
 
 
+def test_train_accuracy_uses_the_modules_own_count_when_it_gives_one():
+    """The Classifier returns its count of correct predictions (health adds it rather than
+    counting again); any other module's predictions are counted from the batch's labels."""
+    from types import SimpleNamespace
+
+    health = HealthCheck()
+    one_process = SimpleNamespace(reduce_boolean_decision=lambda bad, all: bad)
+    trainer = SimpleNamespace(global_step=0, num_training_batches=9, accumulate_grad_batches=1,
+                              log_every_n_steps=50, strategy=one_process)  # fmt: skip
+    health.on_train_epoch_start(trainer, None)
+    y, preds = torch.tensor([0, 1, 2, 3]), torch.tensor([0, 1, 0, 0])
+    health.on_train_batch_end(trainer, None, {"loss": torch.tensor(1.0), "preds": preds},
+                              (None, y), 0)  # fmt: skip
+    # A given count wins over the predictions (3 here, where the predictions have 2 right).
+    out = {"loss": torch.tensor(1.0), "preds": preds, "correct": torch.tensor(3)}
+    health.on_train_batch_end(trainer, None, out, (None, y), 1)
+    health.on_train_epoch_end(trainer, None)
+    assert health.reference_acc == (2 + 3) / 8
+
+
 def test_overlap_labels_and_empty_classes_are_found(folder_root, tmp_path):
     dm, module, health, trainer = make(folder_root, tmp_path, epochs=1)
     dm.setup()

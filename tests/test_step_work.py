@@ -66,12 +66,27 @@ def test_the_counter_sees_every_kind_of_host_read():
         x.sum().item(), float(x[0]), bool(x[1]), int(x[2])
         x.tolist(), x.numpy(), x.cpu()
         x.nonzero(), x.unique(), x[x > 2]
+        torch.tensor(2.0), torch.as_tensor([1, 2])  # on a GPU: blocking copies from the host
+        x * 2, torch.full((), 2.0), torch.as_tensor(x)  # none
     ops = [r["op"] for r in count.reads]
     assert ops.count("_local_scalar_dense") == 4
     assert {"tolist", "numpy", "cpu", "nonzero", "_unique2"} <= set(ops)
-    assert {"index", "nonzero"} & set(ops[-2:])  # boolean-mask indexing
+    assert {"index", "nonzero"} & set(ops[-4:-2])  # boolean-mask indexing
+    assert ops[-2:] == ["lift_fresh", "lift_fresh"]
     assert torch.Tensor.tolist is not count._wrap  # restored on exit
     assert x.tolist() == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0] and len(count.reads) == len(ops)
+
+
+def test_the_hook_name_lightning_sets_around_each_hook_skips_nn_modules_checks():
+    from torch import nn
+
+    from cifar_lightning.module import Classifier
+
+    module = Classifier(nn.Linear(2, 2), optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
+    module._current_fx_name = "training_step"  # stored as a plain attribute
+    assert module._current_fx_name == "training_step" and module.__dict__["_current_fx_name"]
+    module.extra = nn.Linear(1, 1)  # anything else still goes through nn.Module
+    assert "extra" in module._modules and "extra" not in module.__dict__
 
 
 def test_train_py_trainer_and_the_plain_loop_end_with_the_same_weights(folder_root, tmp_path):
