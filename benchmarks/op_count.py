@@ -13,9 +13,10 @@ backward, optimizer, schedule, data, metrics, callbacks), and splits the count b
              tensor, `tolist`, `numpy`, `.cpu()`, `nonzero`, `unique`, boolean-mask indexing),
              with the step it happened in and whether that step was a logging point
              (`trainer.log_every_n_steps`, the epoch end); tensors made from host values are
-             counted with them (on a GPU, a blocking copy). Reads of values that stay on the host
-             in a GPU run too (torchvision's per-image transforms, the DataLoader, torch.optim's
-             step counters, a GradScaler) are marked host-resident, not device reads.
+             counted with them (made on a GPU, a blocking copy). Reads of values that stay on
+             the host in a GPU run too (torchvision's per-image transforms, the DataLoader,
+             torch.optim's step counters, a GradScaler) are marked host-resident, not device
+             reads.
 
 Counted as CUDA would run the recipe: fp32 (`trainer.precision=32-true`: no autocast casts) and
 torch.optim with `foreach=True` (CUDA's default; CPU's is the per-parameter loop). The count does
@@ -54,14 +55,17 @@ TARGET = 170  # ops per step: airbench94's 155 + 10 % (issue 28)
 # output before it exists.
 READS = {"_local_scalar_dense", "nonzero", "_unique2", "unique_dim", "unique_consecutive",
          "masked_select", "nonzero_static"}  # fmt: skip
-# Tensors made from host values (`torch.tensor`, `as_tensor` of a number or list, `from_numpy`):
-# made on a GPU, a blocking copy from the host, which waits for the device as a read does
-# (CUDA's sync debug mode flags it). Here every tensor is on the CPU, so each is counted.
+# Tensors made from host values (`torch.tensor`, `as_tensor` of a number or list, `from_numpy`),
+# counted whatever their device: one made on a GPU (or moved there) is a blocking copy, which
+# waits for the device as a read does (CUDA's sync debug mode flags it). A CPU tensor moved to
+# the device later dispatches nothing here: the count of such copies is a lower bound.
 TO_DEVICE = {"lift_fresh"}
 # Values that live on the host in a GPU run too: not device reads (issue 28). torch.optim
-# keeps its step counters on the host (device="cpu") unless capturable or fused.
+# keeps its step counters on the host (device="cpu") unless capturable or fused; its weight
+# averaging and ReduceLROnPlateau read device values, and stay counted.
 HOST_RESIDENT = ("torch/optim/", "torchvision/", "torch/utils/data/",
                  "torch/amp/grad_scaler.py")  # fmt: skip
+DEVICE_READERS = ("torch/optim/swa_utils.py", "torch/optim/lr_scheduler.py")
 
 
 # torch's own wrappers between a read and the code that asked for it.
@@ -104,7 +108,8 @@ class Count(TorchDispatchMode):
         who = caller(stack)
         path = who.filename.replace("\\", "/") if who else ""
         self.reads.append({"op": name, **self.where,
-                           "host_resident": any(h in path for h in HOST_RESIDENT),
+                           "host_resident": any(h in path for h in HOST_RESIDENT)
+                           and not any(d in path for d in DEVICE_READERS),
                            "by": f"{Path(path).name}:{who.lineno} {who.name}" if who else "?",
                            "stack": frames})  # fmt: skip
 

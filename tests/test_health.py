@@ -68,6 +68,9 @@ def test_evaluating_an_untrained_copy_is_found(folder_root, tmp_path):
     untrained = copy.deepcopy(module)  # the copy made before training, then evaluated
     trainer.fit(module, datamodule=dm)
     assert health.reference_acc > 0.5
+    # What the module logged (its own count, which the health checks add up) over the
+    # training batches of the last validated epoch.
+    assert health.reference_acc == pytest.approx(float(trainer.callback_metrics["train/acc"]))
     trainer.test(untrained, datamodule=dm, verbose=False)
     found = checks(health, "test")
     assert "chance_accuracy" in found and "prediction_collapse" in found

@@ -6,6 +6,7 @@ depend on image count or network width."""
 from __future__ import annotations
 
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
@@ -83,9 +84,17 @@ def test_the_hook_name_lightning_sets_around_each_hook_skips_nn_modules_checks()
     from cifar_lightning.module import Classifier
 
     module = Classifier(nn.Linear(2, 2), optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
-    module._current_fx_name = "training_step"  # stored as a plain attribute
-    assert module._current_fx_name == "training_step" and module.__dict__["_current_fx_name"]
-    module.extra = nn.Linear(1, 1)  # anything else still goes through nn.Module
+    through_module, extra = [], nn.Linear(1, 1)
+    original = nn.Module.__setattr__
+
+    def counted(self, name, value):  # noqa: ANN001
+        through_module.append(name)
+        original(self, name, value)
+
+    with mock.patch.object(nn.Module, "__setattr__", counted):
+        module._current_fx_name = "training_step"  # stored as a plain attribute
+        module.extra = extra  # anything else still goes through nn.Module
+    assert through_module == ["extra"] and module._current_fx_name == "training_step"
     assert "extra" in module._modules and "extra" not in module.__dict__
 
 
