@@ -80,7 +80,7 @@ Runner = Callable[[np.ndarray], np.ndarray]  # uint8 (N, 32, 32, 3) -> fp32 (N, 
 class ImageClassifier(nn.Module):
     """uint8 RGB images (N, 32, 32, 3), channels last, -> fp32 class probabilities (N, C).
 
-    Normalised with the float32 constants data.batch_augment.normalize uses (x * (1/255/std)
+    Normalised with the float32 constants data.photometric.normalize uses (x * (1/255/std)
     - mean/std), so its inputs match data.loader=device's to the bit; TTA is tta.tta_logits."""
 
     def __init__(

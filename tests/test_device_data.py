@@ -15,9 +15,10 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from cifar_lightning.data.augment import AugmentPreset, eval_transform, train_transform
-from cifar_lightning.data.batch_augment import BatchAugment, normalize
+from cifar_lightning.data.batch_augment import BatchAugment
 from cifar_lightning.data.device_loader import DeviceBatches
 from cifar_lightning.data.loaders import ImageTensorDataset
+from cifar_lightning.data.photometric import normalize
 from cifar_lightning.data.warp import interval_mask, row_intervals, sampling_grid
 from tests.synthetic import make_images
 

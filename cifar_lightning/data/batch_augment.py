@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from cifar_lightning.data.augment import AugmentPreset
 from cifar_lightning.data.order import derive_seed
+from cifar_lightning.data.photometric import color_jitter, normalize, normalize_float
 from cifar_lightning.data.warp import (
     CORNERS,
     SIZE,
@@ -27,8 +28,6 @@ from cifar_lightning.data.warp import (
     sampling_grid,
 )
 
-GRAY = (0.2989, 0.587, 0.114)  # torchvision's grayscale weights (kornia uses 0.299)
-
 
 @functools.cache
 def _row_offsets(width: int, device: torch.device) -> torch.Tensor:
@@ -36,20 +35,6 @@ def _row_offsets(width: int, device: torch.device) -> torch.Tensor:
     # top-left pixel. Made once per width and device; never modified in place.
     channel = torch.arange(3, device=device).view(1, 3, 1) * (width * width)
     return channel + torch.arange(SIZE, device=device).view(1, 1, SIZE) * width
-
-
-def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """uint8 (N, 3, H, W) -> float32: v2.ToDtype(scale=True) + v2.Normalize up to float rounding."""
-    return _normalize_float(x.float(), mean, std, scale=1.0 / 255)
-
-
-def _normalize_float(
-    x: torch.Tensor, mean: Sequence[float], std: Sequence[float], scale: float = 1.0
-) -> torch.Tensor:
-    """(x * scale - mean) / std in place, with x * scale in [0, 1]: two passes, not three."""
-    k = constant(tuple(scale / s for s in std), x.device).view(1, -1, 1, 1)
-    b = constant(tuple(m / s for m, s in zip(mean, std, strict=True)), x.device).view(1, -1, 1, 1)
-    return x.mul_(k).sub_(b)
 
 
 def _range(value: Any, center: float, name: str) -> tuple[float, float]:
@@ -315,10 +300,10 @@ class BatchAugment:
             # the (resampled) pre-rotation image. Jittering before the warp instead would leave
             # all fill black and take the mean without the black borders: both differ from
             # torchvision whenever the contrast factor is not 1.
-            img = self._jitter(img, params, weight=rot_mask)
+            img = color_jitter(img, params, weight=rot_mask)
         if rot_mask is not None:
             img.mul_(rot_mask)
-        return _normalize_float(img, p.mean, p.std, scale=1.0 / 255)
+        return normalize_float(img, p.mean, p.std, scale=1.0 / 255)
 
     def _unwarped(self, x: torch.Tensor, params: dict) -> torch.Tensor:
         """The rest of a preset without warps for cropped and flipped uint8 images x: colour
@@ -326,8 +311,8 @@ class BatchAugment:
         p = self.preset
         if "jitter" not in params:
             return normalize(x, p.mean, p.std)
-        out = self._jitter(x.float(), params, weight=None)  # in 0..255 units, see _jitter
-        return _normalize_float(out, p.mean, p.std, scale=1.0 / 255)
+        out = color_jitter(x.float(), params, weight=None)  # in 0..255 units (photometric)
+        return normalize_float(out, p.mean, p.std, scale=1.0 / 255)
 
     def _crop_flip(self, src: torch.Tensor, image: torch.Tensor, params: dict) -> torch.Tensor:
         """Crops (the preset's padding) and flips of images `image` of a padded copy (see prepare)
@@ -345,29 +330,3 @@ class BatchAugment:
         # index_select of contiguous 32-byte rows: far faster than gathering pixel by pixel.
         windows = src.view(-1).as_strided((src.numel() - SIZE + 1, SIZE), (1, 1))
         return windows.index_select(0, starts).view(n, 3, SIZE, SIZE)
-
-    def _jitter(self, x: torch.Tensor, params: dict, weight: torch.Tensor | None) -> torch.Tensor:
-        """ColorJitter's brightness/contrast/saturation in a per-image random order, vectorised.
-
-        All three are blends clamp(f * x + (1 - f) * target) with target 0 (brightness), the
-        grey mean (contrast) or the grey image (saturation), so each of the three steps is one
-        blend whose factor and target are picked per image by that image's order. `weight`
-        (N, 1, 32, 32) restricts contrast's mean to some pixels. x is in 0..255 units (float):
-        the blends are scale-free, only the clamp needs the top of the range."""
-        n = len(x)
-        to_gray = constant(GRAY, x.device)
-        for step in range(3):
-            op = params["order"][:, step]
-            f = params["jitter"].gather(1, op.view(n, 1)).view(n, 1, 1, 1)
-            gray = (to_gray @ x.view(n, 3, -1)).view(n, 1, SIZE, SIZE)
-            if weight is None:
-                mean = gray.mean(dim=(1, 2, 3), keepdim=True)
-            else:
-                total = weight.sum(dim=(1, 2, 3), keepdim=True).clamp_min(1)
-                mean = (gray * weight).sum(dim=(1, 2, 3), keepdim=True) / total
-            is_c, is_s = (op == 1).view(n, 1, 1, 1), (op == 2).view(n, 1, 1, 1)
-            target = torch.where(is_s, gray, mean * is_c)
-            # f * x + (1 - f) * target, in place (a fresh 6 MB output per step cost page faults)
-            # and broadcast (lerp with expand_as'd, stride-0 operands ran 8x slower).
-            x = x.lerp_(target, 1 - f).clamp_(0, 255)
-        return x

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 
 from cifar_lightning import CLASSES
 from cifar_lightning.data.augment import AugmentPreset, eval_transform, train_transform
-from cifar_lightning.data.batch_augment import BatchAugment, normalize
+from cifar_lightning.data.batch_augment import BatchAugment
 from cifar_lightning.data.device_loader import DeviceBatches
 from cifar_lightning.data.loaders import (
     EpochSampler,
@@ -22,6 +22,7 @@ from cifar_lightning.data.loaders import (
     worker_start_method,
 )
 from cifar_lightning.data.order import EpochOrder
+from cifar_lightning.data.photometric import normalize
 from cifar_lightning.data.sources import load_splits, prepare_cache
 from cifar_lightning.errors import DataError, UserError
 

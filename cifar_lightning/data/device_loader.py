@@ -12,8 +12,9 @@ from collections.abc import Iterator, Sequence
 import torch
 
 from cifar_lightning.data.augment import CIFAR_MEAN, CIFAR_STD
-from cifar_lightning.data.batch_augment import BatchAugment, normalize
+from cifar_lightning.data.batch_augment import BatchAugment
 from cifar_lightning.data.order import EpochOrder
+from cifar_lightning.data.photometric import normalize
 
 # Images augmented at once by the training loader (see DeviceBatches._chunks): 16,384 CIFAR
 # images are 50 MB as uint8, 200 MB once normalised to float32.
