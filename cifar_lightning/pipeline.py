@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +21,7 @@ from cifar_lightning import (
     memory,
     provenance,
     results,
+    slurm,
     sweep,
     trackers,
 )
@@ -97,22 +97,10 @@ def make_trainer(
         callbacks=callbacks,
         logger=loggers,
         default_root_dir=out,
-        plugins=[checkpoint.AtomicCheckpointIO(), *cluster_plugins()],
+        plugins=[checkpoint.AtomicCheckpointIO(), *slurm.cluster_plugins()],
     )
     matmul.apply(matmul_precision, trainer)
     return trainer
-
-
-def cluster_plugins() -> list[Any]:
-    """In a job that submitit started on SLURM (hydra/launcher=slurm): Lightning's SLURM
-    environment without its auto-requeue, because submitit requeues such jobs itself
-    (cifar_lightning/slurm.py). Elsewhere none: Lightning detects SLURM, or not, by itself, and a
-    plain sbatch job keeps Lightning's requeue on SIGUSR1."""
-    if os.environ.get("SUBMITIT_EXECUTOR") != "slurm":
-        return []
-    from lightning_fabric.plugins.environments import SLURMEnvironment
-
-    return [SLURMEnvironment(auto_requeue=False)]
 
 
 def resume_path(cfg: DictConfig, out: Path) -> str | None:

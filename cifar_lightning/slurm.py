@@ -9,7 +9,7 @@ takes launchers from that namespace only); its parts are here:
 - One requeue mechanism: submitit's. It asks SLURM for SIGUSR2 `signal_delay_s` before the time
   limit and requeues the job itself (up to `max_num_timeout` times); the requeued job resumes
   from its last.ckpt (sweep.py). Lightning's SLURM auto-requeue (SIGUSR1, its own hpc_ckpt
-  files) is switched off in submitit's jobs (pipeline.cluster_plugins), so that nothing else
+  files) is switched off in submitit's jobs (cluster_plugins), so that nothing else
   requeues or writes checkpoints. A plain `sbatch` job keeps Lightning's.
 - A cluster without job accounting: submitit reads job states only with sacct, and warns three
   times at every poll when sacct fails. The first warning becomes one line that says what it
@@ -19,8 +19,10 @@ takes launchers from that namespace only); its parts are here:
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections.abc import Sequence
+from typing import Any
 
 from hydra.core.utils import filter_overrides
 
@@ -82,3 +84,15 @@ def collect(jobs: Sequence, job_overrides: Sequence[Sequence[str]], first: int) 
             "Rerun the same command (same hydra.sweep.dir) to run only the jobs without results."
         )
     return results
+
+
+def cluster_plugins() -> list[Any]:
+    """In a job that submitit started on SLURM (hydra/launcher=slurm): Lightning's SLURM
+    environment without its auto-requeue, because submitit requeues such jobs itself
+    (this module's docstring). Elsewhere none: Lightning detects SLURM, or not, by itself, and a
+    plain sbatch job keeps Lightning's requeue on SIGUSR1."""
+    if os.environ.get("SUBMITIT_EXECUTOR") != "slurm":
+        return []
+    from lightning_fabric.plugins.environments import SLURMEnvironment
+
+    return [SLURMEnvironment(auto_requeue=False)]

@@ -228,3 +228,15 @@ def test_torch_loader_pins_memory_for_a_cuda_trainer_and_keeps_its_workers(
     assert options["pin_memory"] is pinned and options["persistent_workers"] is True
     datamodule.num_workers = 0
     assert datamodule._options()["persistent_workers"] is False  # torch refuses it without
+
+
+def test_submitit_jobs_leave_requeueing_to_submitit(monkeypatch: pytest.MonkeyPatch):
+    """In-process, no cluster needed: a job submitit started gets Lightning's SLURM environment
+    with auto-requeue off; anywhere else the trainer gets no such plugin."""
+    from cifar_lightning.slurm import cluster_plugins
+
+    monkeypatch.delenv("SUBMITIT_EXECUTOR", raising=False)
+    assert cluster_plugins() == []
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
+    [env] = cluster_plugins()
+    assert type(env).__name__ == "SLURMEnvironment" and env.auto_requeue is False
