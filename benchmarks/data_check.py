@@ -13,11 +13,17 @@ Then the health check's train/test overlap at test start, the same way: its sets
 digests for the 50,000 training and 10,000 test images, old hashing every image, new taken from
 the digests the cache stores (health._hashes with and without the datamodule).
 
+Then the data made ready for training (prepare_data + setup of fast94's datamodule: all 50,000
+training images, no validation split), the same way: old, the check and then the load; new,
+the load on a thread while the check runs (CIFAR10DataModule.prepare_data). Both give the same
+tensors (checked in the first round).
+
     python benchmarks/data_check.py --data-root data/cifar10-jpeg --rounds 9
 """
 
 from __future__ import annotations
 
+import gc
 import sys
 import time
 from collections.abc import Sequence
@@ -75,6 +81,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         raise SystemExit("the cache was rewritten during the rounds: the folder is not unchanged")
     result = {"files": files, "files_read_by_new": got.read, **summary("check", rounds)}
     result["overlap"] = summary("overlap", overlap_rounds(root, args.rounds))
+    result["ready"] = summary("ready", ready_rounds(root, args.rounds))
     return save({**result, "cpu_model": cpu_model(), "note": args.note}, args.out)
 
 
@@ -94,6 +101,37 @@ def overlap_rounds(root: Path, n: int) -> list[dict[str, float]]:
             raise SystemExit(f"the two overlaps differ: {shared}")
         rounds.append({**t, "ratio": t["new"] / t["old"], "shared": shared["new"]})
         print(f"overlap round {r + 1}: old {t['old']:.3f} s, new {t['new']:.3f} s, "
+              f"new/old {rounds[-1]['ratio']:.3f}", flush=True)  # fmt: skip
+    return rounds
+
+
+def ready_rounds(root: Path, n: int) -> list[dict[str, float]]:
+    rounds, first = [], {}
+    for r in range(n):
+        t = {}
+        for name in ("old", "new") if r % 2 == 0 else ("new", "old"):
+            dm = CIFAR10DataModule(root=str(root), download=False, val_size=0, num_workers=0,
+                                   loader="device")  # fmt: skip
+            gc.collect()  # the previous round's datasets go before the clock starts
+            start = time.perf_counter()
+            if name == "old":
+                sources.prepare_cache(root, allow_download=False)
+            else:
+                dm.prepare_data()
+                if dm._ahead is None:
+                    raise SystemExit("the check rewrote the cache: the folder is not unchanged")
+            dm.setup("fit")
+            t[name] = time.perf_counter() - start
+            if r == 0:
+                first[name] = (dm.train_set.x, dm.test_set.x, dm.fingerprint)
+        if r == 0 and not all(
+            a == b if isinstance(a, str) else torch.equal(a, b)
+            for a, b in zip(first["old"], first["new"], strict=True)
+        ):
+            raise SystemExit("the two loads differ")
+        first.clear()
+        rounds.append({**t, "ratio": t["new"] / t["old"]})
+        print(f"ready round {r + 1}: old {t['old']:.3f} s, new {t['new']:.3f} s, "
               f"new/old {rounds[-1]['ratio']:.3f}", flush=True)  # fmt: skip
     return rounds
 

@@ -295,3 +295,29 @@ def test_the_data_check_benchmark_runs(tmp_path):
     result = data_check.main(["--data-root", str(root), "--rounds", "2", "--out", str(out)])
     assert result["files"] == 40 and result["files_read_by_new"] == 0
     assert len(result["rounds"]) == 2 and result["ratio"]["median"] > 0 and out.is_file()
+
+
+def test_the_load_made_during_the_check_is_used_only_if_the_check_kept_the_cache(tmp_path):
+    """CIFAR10DataModule.prepare_data loads the cache on a thread while it checks it: after a
+    rebuild (a source image changed) that load read the old cache and must not be used."""
+    from cifar_lightning.data import CIFAR10DataModule
+
+    def ready() -> CIFAR10DataModule:
+        dm = CIFAR10DataModule(root=str(root), download=False, val_size=0, num_workers=0)
+        dm.prepare_data()
+        return dm
+
+    root = write_folder_layout(tmp_path / "data")
+    ready().setup()  # builds the cache (nothing to load ahead: there was none)
+    settle(root)
+    kept = ready()
+    assert kept._ahead is not None  # unchanged: the load made during the check is setup's
+    kept.setup()
+    image = first(first(root / "test"))
+    Image.fromarray(np.full((32, 32, 3), 7, np.uint8)).save(image)  # a new test image
+    rebuilt = ready()
+    assert rebuilt._ahead is None  # loaded from the old cache: dropped
+    rebuilt.setup()
+    changed = (rebuilt.test_set.x != kept.test_set.x).flatten(1).any(1)
+    assert changed.sum() == 1 and (rebuilt.test_set.x[changed] == 7).all()
+    assert torch.equal(rebuilt.train_set.x, kept.train_set.x)

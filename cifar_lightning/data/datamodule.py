@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from cifar_lightning.data.loaders import (
 )
 from cifar_lightning.data.order import EpochOrder
 from cifar_lightning.data.photometric import normalize
-from cifar_lightning.data.sources import load_splits, prepare_cache
+from cifar_lightning.data.sources import cache_identity, load_splits, prepare_cache
 from cifar_lightning.errors import DataError, UserError
 
 CLEAN_TRAIN_IMAGES = 10_000  # the "train_clean" split: the training split's first (fixed) images
@@ -84,6 +85,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         self._train_order: EpochOrder | None = None  # of the training batches last handed out
         self._resume_order: dict[str, int] | None = None  # from a checkpoint, see load_state_dict
         self._prepared = False  # the data cache checked (prepare_data)
+        self._ahead: dict[str, Any] | None = None  # the splits loaded during the check
 
     @property
     def has_val(self) -> bool:
@@ -99,13 +101,30 @@ class CIFAR10DataModule(L.LightningDataModule):
         # train.py run), each time before setup(). One check is enough (60,000 stat calls,
         # ~0.2 s on a 2-core EPYC): setup() loads the data once, after the first check, and
         # every later stage uses that load, whatever the folder holds by then.
-        if not self._prepared:
+        if self._prepared:
+            return
+        # While the check runs (Python, mostly), a thread loads the cache as it is and cuts
+        # the splits (file reads and copies, which release the GIL) for setup(): the data then
+        # cost about the check alone. A check that wrote the cache (rebuilt, or its table
+        # updated: a new file) leaves that load unused, and setup() loads what it wrote.
+        before = cache_identity(self.root)
+        with ThreadPoolExecutor(max_workers=1) as pool:  # waits for the load on leaving
+            ahead = pool.submit(self._load) if before is not None else None
             prepare_cache(self.root, self.download)
-            self._prepared = True
+        if ahead is not None and ahead.exception() is None and cache_identity(self.root) == before:
+            self._ahead = ahead.result()  # (a failed load is made again by setup, and raises)
+        self._prepared = True
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:  # fit and test share one load
             return
+        loaded, self._ahead = self._ahead or self._load(), None
+        for name, value in loaded.items():
+            setattr(self, name, value)
+
+    def _load(self) -> dict[str, Any]:
+        """The cache's splits as setup() keeps them: the datasets, the split indices, the
+        data's fingerprint."""
         splits = load_splits(self.root)
         n = len(splits.train_y)
         if not 0 <= self.val_size < n:
@@ -115,19 +134,23 @@ class CIFAR10DataModule(L.LightningDataModule):
             )
         # A generator of its own, not the global seed: every run validates on the same images.
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed))
-        self.val_index, self.train_index = perm[: self.val_size], perm[self.val_size :]
+        vi, ti = perm[: self.val_size], perm[self.val_size :]
         if self.train_size is not None:  # a fixed random subset, for quick studies
-            self.train_index = self.train_index[: self.train_size]
+            ti = ti[: self.train_size]
         train_tf, eval_tf = train_transform(self.augment), eval_transform(self.augment)
         x, y, d = splits.train_x, splits.train_y, splits.train_digests
-        ti, vi = self.train_index, self.val_index
-        self.train_set = ImageTensorDataset(x[ti], y[ti], train_tf, seed=self.seed, digests=d[ti])
-        self.val_set = ImageTensorDataset(x[vi], y[vi], eval_tf, digests=d[vi])
-        self.test_set = ImageTensorDataset(splits.test_x, splits.test_y, eval_tf,
-                                           digests=splits.test_digests)  # fmt: skip
-        clean = self.train_index[:CLEAN_TRAIN_IMAGES]
-        self.train_clean_set = ImageTensorDataset(x[clean], y[clean], eval_tf, digests=d[clean])
-        self.fingerprint = splits.fingerprint
+        clean = ti[:CLEAN_TRAIN_IMAGES]
+        return {
+            "val_index": vi,
+            "train_index": ti,
+            "train_set": ImageTensorDataset(x[ti], y[ti], train_tf, seed=self.seed, digests=d[ti]),
+            "val_set": ImageTensorDataset(x[vi], y[vi], eval_tf, digests=d[vi]),
+            "test_set": ImageTensorDataset(
+                splits.test_x, splits.test_y, eval_tf, digests=splits.test_digests
+            ),
+            "train_clean_set": ImageTensorDataset(x[clean], y[clean], eval_tf, digests=d[clean]),
+            "fingerprint": splits.fingerprint,
+        }
 
     def _options(self) -> dict[str, Any]:
         # Pinned batches when the trainer is on CUDA: Lightning copies them non_blocking, so the

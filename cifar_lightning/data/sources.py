@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -189,6 +190,16 @@ def prepare_cache(root: str | Path, allow_download: bool, rehash_all: bool = Fal
     log.info("cached %d train / %d test images from %s (%s) in %s", len(splits.train_y),
              len(splits.test_y), root, source, cache)  # fmt: skip
     return cache
+
+
+def cache_identity(root: str | Path) -> tuple[int, ...] | None:
+    """The data cache file's identity (inode, device, size, mtime_ns, ctime_ns), or None where
+    there is none: every write of the cache (atomic_write: a new file) changes it."""
+    try:
+        st = os.stat(Path(root) / CACHE_NAME)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def load_splits(root: str | Path) -> Splits:
