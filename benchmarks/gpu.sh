@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The benchmarks on one CUDA GPU, one after another, in at most BUDGET seconds (default 340;
 # with nvidia-smi and a hung step's 5 s to die after its TERM, under 6 minutes).
-#   bash benchmarks/gpu.sh DATA_ROOT [RESULTS_DIR]
+#   bash benchmarks/gpu.sh DATA_ROOT [RESULTS_DIR]     (CLOCK=FILE: see step 1)
 # DATA_ROOT holds CIFAR-10 in a layout the project reads (see README); the JSON files go to
 # RESULTS_DIR (default benchmarks/results). Each step has its own time limit, cut to what is left
 # of BUDGET; a step with under 20 s left is skipped. A failing, timed-out or skipped step does not
@@ -15,6 +15,7 @@ set -u
 export PYTHONUNBUFFERED=1  # each step's progress shows as it runs
 root=$(realpath "${1:?usage: bash benchmarks/gpu.sh DATA_ROOT [RESULTS_DIR]}")
 out=$(realpath "${2:-benchmarks/results}")
+given_clock=${CLOCK:+$(realpath "$CLOCK")}  # see step 1
 cd "$(dirname "$0")/.." || exit 1  # the repository root: the scripts' paths are relative to it
 budget=${BUDGET:-340}
 start=$(date +%s)
@@ -42,15 +43,26 @@ step() {  # step LIMIT_S COMMAND...
 }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 # 1. fast94 over 3 seeds, after an untimed warm-up run into epoch 4 (Lookahead starts in 3);
-#    no per-epoch evaluations (expected ~50 s: 3 runs of ~10 s, warm-up, imports)
-rm -f "$out/time_to_accuracy_fast94.json"  # step 2 reads this run's, never an older one
-step 100 python benchmarks/time_to_accuracy.py --experiment fast94 --target 0.94 \
-    --seeds 0 1 2 --warmup-steps 150 --no-epoch-eval \
-    --out "$out/time_to_accuracy_fast94.json" data.root="$root"
+#    no per-epoch evaluations (expected ~50 s: 3 runs of ~10 s, warm-up, imports). With
+#    CLOCK=FILE, a time_to_accuracy.py JSON of fast94 made on this machine just before (such
+#    as side_by_side.sh's OUT/fast94.json), that run stands in for this step.
+clock="$out/time_to_accuracy_fast94.json"
+rm -f "$clock"  # step 2 reads this session's, never an older one
+if [ -n "$given_clock" ]; then
+    if cp "$given_clock" "$clock"; then
+        echo "== step 1: fast94's clock taken from $given_clock"
+    else
+        echo "== step 1 failed: CLOCK=$CLOCK cannot be read"
+        failed=1
+    fi
+else
+    step 100 python benchmarks/time_to_accuracy.py --experiment fast94 --target 0.94 \
+        --seeds 0 1 2 --warmup-steps 150 --no-epoch-eval \
+        --out "$out/time_to_accuracy_fast94.json" data.root="$root"
+fi
 # 2. a whole `python train.py experiment=fast94`, process start to exit (~27 s in issue 28),
 #    set against step 1's on-clock time plus the time of `import pytorch_lightning, hydra`
 #    (run twice, ~12 s each, the second timed): the rest's target is 3 s (expected ~55 s)
-clock="$out/time_to_accuracy_fast94.json"
 if [ -f "$clock" ]; then
     step 80 python benchmarks/wall_time.py --out "$out/wall_time_fast94.json" \
         --budget-from "$clock" -- experiment=fast94 data.root="$root"
