@@ -14,8 +14,8 @@
 set -u
 export PYTHONUNBUFFERED=1  # each step's progress shows as it runs
 root=$(realpath "${1:?usage: bash benchmarks/gpu.sh DATA_ROOT [RESULTS_DIR]}")
-out=$(realpath "${2:-benchmarks/results}")
-given_clock=${CLOCK:+$(realpath "$CLOCK")}  # see step 1
+out=$(realpath -m "${2:-$(dirname "$0")/results}")
+given_clock=${CLOCK:+$(realpath -m -- "$CLOCK")}  # see step 1
 cd "$(dirname "$0")/.." || exit 1  # the repository root: the scripts' paths are relative to it
 budget=${BUDGET:-340}
 start=$(date +%s)
@@ -45,17 +45,26 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
 # 1. fast94 over 3 seeds, after an untimed warm-up run into epoch 4 (Lookahead starts in 3);
 #    no per-epoch evaluations (expected ~50 s: 3 runs of ~10 s, warm-up, imports). With
 #    CLOCK=FILE, a time_to_accuracy.py JSON of fast94 made on this machine just before (such
-#    as side_by_side.sh's OUT/fast94.json), that run stands in for this step.
+#    as the OUT/fast94.json of the side-by-side script the project's GPU sessions bring), that
+#    run stands in for this step.
 clock="$out/time_to_accuracy_fast94.json"
-rm -f "$clock"  # step 2 reads this session's, never an older one
-if [ -n "$given_clock" ]; then
-    if cp "$given_clock" "$clock"; then
+is_fast94() {  # FILE is a time_to_accuracy.py JSON of fast94 (one run, or several seeds')
+    python -c 'import json, sys; j = json.load(open(sys.argv[1]))
+sys.exit((j.get("runs") or [j])[0].get("experiment") != "fast94")' "$1" 2>/dev/null
+}
+if [ -n "${CLOCK:-}" ]; then
+    if ! is_fast94 "$given_clock"; then
+        echo "== step 1 failed: CLOCK=$CLOCK is not a readable time_to_accuracy.py JSON of fast94"
+        rm -f "$clock"  # step 2 reads this session's, never an older one
+        failed=1
+    elif [ "$given_clock" -ef "$clock" ] || { rm -f "$clock" && cp "$given_clock" "$clock"; }; then
         echo "== step 1: fast94's clock taken from $given_clock"
     else
-        echo "== step 1 failed: CLOCK=$CLOCK cannot be read"
+        echo "== step 1 failed: CLOCK=$CLOCK could not be copied to $clock"
         failed=1
     fi
 else
+    rm -f "$clock"  # step 2 reads this session's, never an older one
     step 100 python benchmarks/time_to_accuracy.py --experiment fast94 --target 0.94 \
         --seeds 0 1 2 --warmup-steps 150 --no-epoch-eval \
         --out "$out/time_to_accuracy_fast94.json" data.root="$root"

@@ -299,7 +299,7 @@ def test_the_data_check_benchmark_runs(tmp_path):
 
 def test_the_load_made_during_the_check_is_used_only_if_the_check_kept_the_cache(tmp_path):
     """CIFAR10DataModule.prepare_data loads the cache on a thread while it checks it: after a
-    rebuild (a source image changed) that load read the old cache and must not be used."""
+    rebuild (a source image changed) that load holds the old data and must not be used."""
     from cifar_lightning.data import CIFAR10DataModule
 
     def ready() -> CIFAR10DataModule:
@@ -308,8 +308,8 @@ def test_the_load_made_during_the_check_is_used_only_if_the_check_kept_the_cache
         return dm
 
     root = write_folder_layout(tmp_path / "data")
+    settle(root)  # the table trusts every file: the next check rewrites nothing
     ready().setup()  # builds the cache (nothing to load ahead: there was none)
-    settle(root)
     kept = ready()
     assert kept._ahead is not None  # unchanged: the load made during the check is setup's
     kept.setup()

@@ -4,14 +4,18 @@ that file: tests/test_e2e.py). fast94 writes no checkpoint inside its epochs."""
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pytorch_lightning as L
 import torch
+from PIL import Image
 
 from benchmarks.common import run_config
-from cifar_lightning import pipeline
-from cifar_lightning.data import datamodule
+from cifar_lightning import CLASSES, pipeline
+from cifar_lightning.data import datamodule, sources
 from tests.conftest import task_config
 
 
@@ -69,11 +73,16 @@ def test_without_epoch_end_saves_last_ckpt_is_written_at_the_fits_end(folder_roo
 
 
 def test_eval_checks_the_data_cache_before_it_loads_the_data(
-    trained_run: Path, tmp_path, monkeypatch
+    trained_run: Path, folder_root: Path, tmp_path, monkeypatch
 ):
-    # Set up before the check, a stale cache would be evaluated as it is. (prepare_data may
-    # load the cache while it checks it: tests/test_data_sources.py shows that load is dropped
-    # when the check rebuilds the cache.)
+    # Set up before the check, a stale cache would be evaluated as it is; and a load made
+    # while the check runs (prepare_data) must not be used once the check rebuilt the cache.
+    root = tmp_path / "data"
+    shutil.copytree(folder_root, root)
+    sources.prepare_cache(root, allow_download=False)  # the copy's own cache, then a change
+    stale = sources.cache_fingerprint(root)
+    image = sorted((root / "test" / CLASSES[0]).iterdir())[0]
+    Image.fromarray(np.full((32, 32, 3), 7, np.uint8)).save(image)
     calls = []
     check, setup = datamodule.prepare_cache, datamodule.CIFAR10DataModule.setup
 
@@ -88,6 +97,9 @@ def test_eval_checks_the_data_cache_before_it_loads_the_data(
     monkeypatch.setattr(datamodule, "prepare_cache", checked)
     monkeypatch.setattr(datamodule.CIFAR10DataModule, "setup", set_up)
     ckpt = trained_run / "checkpoints" / "last.ckpt"
-    with task_config("eval", [f"ckpt_path={ckpt}"], tmp_path) as cfg:
+    with task_config("eval", [f"ckpt_path={ckpt}", f"data.root={root}"], tmp_path / "eval") as cfg:
         pipeline.evaluate(cfg)
     assert calls[:2] == ["checked", "setup"] and calls.count("checked") == 1
+    evaluated = json.loads((tmp_path / "eval" / "results.json").read_text())
+    rebuilt = sources.cache_fingerprint(root)
+    assert rebuilt != stale and evaluated["provenance"]["data"]["fingerprint"] == rebuilt

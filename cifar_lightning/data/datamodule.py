@@ -24,7 +24,7 @@ from cifar_lightning.data.loaders import (
 )
 from cifar_lightning.data.order import EpochOrder
 from cifar_lightning.data.photometric import normalize
-from cifar_lightning.data.sources import cache_identity, load_splits, prepare_cache
+from cifar_lightning.data.sources import CACHE_NAME, cache_fingerprint, load_splits, prepare_cache
 from cifar_lightning.errors import DataError, UserError
 
 CLEAN_TRAIN_IMAGES = 10_000  # the "train_clean" split: the training split's first (fixed) images
@@ -105,14 +105,17 @@ class CIFAR10DataModule(L.LightningDataModule):
             return
         # While the check runs (Python, mostly), a thread loads the cache as it is and cuts
         # the splits (file reads and copies, which release the GIL) for setup(): the data then
-        # cost about the check alone. A check that wrote the cache (rebuilt, or its table
-        # updated: a new file) leaves that load unused, and setup() loads what it wrote.
-        before = cache_identity(self.root)
+        # cost about the check alone. That load is used only if it holds the data of the cache
+        # the check left (the same fingerprint: a rebuild from changed files differs, and so
+        # does another run's cache written meanwhile); else setup() loads that cache.
+        exists = (self.root / CACHE_NAME).is_file()
         with ThreadPoolExecutor(max_workers=1) as pool:  # waits for the load on leaving
-            ahead = pool.submit(self._load) if before is not None else None
+            ahead = pool.submit(self._load) if exists else None
             prepare_cache(self.root, self.download)
-        if ahead is not None and ahead.exception() is None and cache_identity(self.root) == before:
-            self._ahead = ahead.result()  # (a failed load is made again by setup, and raises)
+        if ahead is not None and ahead.exception() is None:  # (a failed load: setup raises)
+            loaded = ahead.result()
+            if loaded["fingerprint"] == cache_fingerprint(self.root):
+                self._ahead = loaded
         self._prepared = True
 
     def setup(self, stage: str | None = None) -> None:

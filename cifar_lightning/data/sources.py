@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from pathlib import Path
 
 import torch
@@ -192,14 +191,14 @@ def prepare_cache(root: str | Path, allow_download: bool, rehash_all: bool = Fal
     return cache
 
 
-def cache_identity(root: str | Path) -> tuple[int, ...] | None:
-    """The data cache file's identity (inode, device, size, mtime_ns, ctime_ns), or None where
-    there is none: every write of the cache (atomic_write: a new file) changes it."""
+def cache_fingerprint(root: str | Path) -> str | None:
+    """The fingerprint (sources.fingerprint: of the images and labels) the data cache under
+    `root` holds, or None without a readable cache. Cheap: the tensors are mapped, not read."""
     try:
-        st = os.stat(Path(root) / CACHE_NAME)
-    except OSError:
+        meta = torch.load(Path(root) / CACHE_NAME, map_location="cpu", weights_only=True, mmap=True)
+        return str(meta["fingerprint"])
+    except Exception:
         return None
-    return (st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def load_splits(root: str | Path) -> Splits:
