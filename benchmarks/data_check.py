@@ -119,7 +119,7 @@ def ready_rounds(root: Path, n: int) -> list[dict[str, float]]:
             else:
                 dm.prepare_data()
                 if dm._ahead is None:
-                    raise SystemExit("the check rewrote the cache: the folder is not unchanged")
+                    raise SystemExit("the early load went unused: the cache changed")
             dm.setup("fit")
             t[name] = time.perf_counter() - start
             if r == 0:
