@@ -210,7 +210,7 @@ class Classifier(L.LightningModule):
             if self._compiled is not None:  # the figure without TTA is the compiled module's,
                 plain = self(x)  # as a pass at level 0 (eval_logits) computes it
         else:
-            logits = plain = self(x)
+            logits = self(x)
         preds = logits.argmax(1)
         self.test_acc(preds, y)
         self.test_class_acc.update(preds, y)
@@ -222,10 +222,11 @@ class Classifier(L.LightningModule):
             self._test_correct: list[Tensor] = []
             self._plain_counts = torch.zeros(3, dtype=torch.float64, device=y.device)
         self._test_correct.append(preds == y)  # on the device until the epoch's end
-        # The figures without TTA (results.json's test_acc_plain) from the plain view the TTA
-        # has just computed: summed as evaluation.score sums a pass at level 0, whose work
-        # (and its Lightning stage) they spare.
-        self._plain_counts += batch_counts(plain, y, self.criterion)
+        if self.tta_level:
+            # The figures without TTA (results.json's test_acc_plain) from the plain view the
+            # TTA has just computed: summed as evaluation.score sums a pass at level 0, whose
+            # work (and its Lightning stage) they spare. Without TTA they are the test's own.
+            self._plain_counts += batch_counts(plain, y, self.criterion)
         return {"preds": preds}
 
     def predict_step(
@@ -268,13 +269,15 @@ class Classifier(L.LightningModule):
                     correct[r::world] = shards[r, :n].bool()
             else:
                 correct = None
-        # Set at this pass's batch 0: a pass without batches never gets here (Lightning skips
-        # its epoch end), so every rank that reaches this reduce has counted images.
-        counts = self.trainer.strategy.reduce(self._plain_counts, reduce_op="sum")
-        correct_plain, loss_plain, n = counts.tolist()
+        plain = {}
+        if self.tta_level:  # the same level on every rank: all of them reduce, or none
+            # Set at this pass's batch 0: a pass without batches never gets here (Lightning
+            # skips its epoch end), so every rank that reaches this reduce has counted images.
+            counts = self.trainer.strategy.reduce(self._plain_counts, reduce_op="sum")
+            correct_plain, loss_plain, n = counts.tolist()
+            plain = {"test_acc_plain": correct_plain / n, "test_loss_plain": loss_plain / n}
         self.test_report = {
-            "test_acc_plain": correct_plain / n,
-            "test_loss_plain": loss_plain / n,
+            **plain,
             "per_class_acc": per_class,
             "test_images": sum(map(sum, confusion)),
             "confusion_matrix": confusion,
