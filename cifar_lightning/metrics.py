@@ -1,5 +1,6 @@
 """The Classifier's counting: a running weighted mean for the training step (two in-place adds
-on the device per update), an evaluated batch's counts, and old checkpoints' train_acc states.
+on the device per update), an evaluated batch's counts, the ranks' per-image results in the
+split's order, and old checkpoints' train_acc states.
 
 torchmetrics' MulticlassAccuracy and MeanMetric check their arguments on every update (a
 `torch.unique` of the labels, a NaN test of the values): each check reads a value back from the
@@ -11,11 +12,14 @@ across DDP ranks anyway. (MeanMetric(nan_strategy="disable"), which skips the Na
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
+
+if TYPE_CHECKING:
+    import pytorch_lightning as L
 
 
 class RunningMean(Metric):
@@ -65,6 +69,27 @@ def batch_counts(logits: Tensor, y: Tensor, criterion: nn.Module) -> Tensor:
     images = torch.full((), len(y), dtype=torch.float64, device=y.device)
     counts = ((logits.argmax(1) == y).sum(), criterion(logits, y) * len(y), images)
     return torch.stack([c.double() for c in counts])
+
+
+def interleave_ranks(module: L.LightningModule, local: Tensor) -> Tensor | None:
+    """Every rank's per-image flags (bool, one per image it evaluated), in the evaluated split's
+    order, on every rank; None if the ranks' shares do not cover images 0..n-1 exactly.
+
+    The datamodule shards evaluation by stride with no padding (rank r: images r, r + world,
+    ...; EpochOrder and UnrepeatedDistributedSampler alike): the ranks' flags interleave back
+    into that order. Collective: every rank calls it."""
+    device, world = module.device, module.trainer.world_size
+    counts = module.all_gather(torch.tensor(len(local), device=device)).tolist()
+    padded = torch.zeros(max(counts), dtype=torch.uint8, device=device)
+    padded[: len(local)] = local
+    shards = module.all_gather(padded)  # (world, longest), the same on every rank
+    total = sum(counts)
+    if any(len(range(r, total, world)) != n for r, n in enumerate(counts)):
+        return None
+    merged = torch.zeros(total, dtype=torch.bool, device=device)
+    for r, n in enumerate(counts):
+        merged[r::world] = shards[r, :n].bool()
+    return merged
 
 
 def upgrade_train_acc(state: dict[str, Any]) -> None:

@@ -17,7 +17,12 @@ from torchmetrics.classification import (
 )
 
 from cifar_lightning import DISPLAY_NAMES
-from cifar_lightning.metrics import RunningMean, batch_counts, upgrade_train_acc
+from cifar_lightning.metrics import (
+    RunningMean,
+    batch_counts,
+    interleave_ranks,
+    upgrade_train_acc,
+)
 from cifar_lightning.models.network import Network, default_param_groups
 from cifar_lightning.optim import EpochAware
 from cifar_lightning.schedulers import GroupDecay
@@ -250,25 +255,11 @@ class Classifier(L.LightningModule):
         per_class = {name: acc if sum(row) else None for name, acc, row in rows}
         # Per-image correctness of the tested model (at its TTA: what test_acc counts), in the
         # test split's order, for the report's test-set error of a difference between runs.
-        # The datamodule shards evaluation by stride with no padding (rank r: images r, r +
-        # world, ...; EpochOrder and UnrepeatedDistributedSampler alike): the ranks' flags
-        # interleave back into that order. None if they do not cover images 0..n-1 exactly.
         flags = getattr(self, "_test_correct", [])
         correct = torch.cat(flags) if flags else torch.zeros(0, dtype=torch.bool)
         self._test_correct = []
-        world = self.trainer.world_size
-        if world > 1:
-            counts = self.all_gather(torch.tensor(len(correct), device=self.device)).tolist()
-            padded = torch.zeros(max(counts), dtype=torch.uint8, device=self.device)
-            padded[: len(correct)] = correct
-            shards = self.all_gather(padded)  # (world, longest), the same on every rank
-            total = sum(counts)
-            correct = torch.zeros(total, dtype=torch.bool, device=self.device)
-            if all(len(range(r, total, world)) == n for r, n in enumerate(counts)):
-                for r, n in enumerate(counts):
-                    correct[r::world] = shards[r, :n].bool()
-            else:
-                correct = None
+        if self.trainer.world_size > 1:
+            correct = interleave_ranks(self, correct)
         plain = {}
         if self.tta_level:  # the same level on every rank: all of them reduce, or none
             # Set at this pass's batch 0: a pass without batches never gets here (Lightning
