@@ -40,8 +40,17 @@ REST_TARGET_S = 3.0  # issue 28: process <= on-clock + import time + 3 s
 IMPORTS = "import pytorch_lightning, hydra"
 
 
-def on_clock_s(path: Path) -> float:
-    """The on-clock seconds a time_to_accuracy.py JSON reports: the mean over its seeds."""
+def recipe(train_args: Sequence[str]) -> str:
+    """The experiment train.py runs with these arguments ("none": its defaults), as
+    time_to_accuracy.py's --experiment names it."""
+    chosen = [a.split("=", 1)[1] for a in train_args
+              if a.split("=", 1)[0] in ("experiment", "+experiment", "++experiment")]  # fmt: skip
+    return chosen[-1] if chosen else "none"
+
+
+def on_clock_s(path: Path, experiment: str) -> float:
+    """The on-clock seconds a time_to_accuracy.py JSON of `experiment` reports: the mean over
+    its seeds."""
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as err:
@@ -51,6 +60,13 @@ def on_clock_s(path: Path) -> float:
     if not isinstance(found, int | float):
         raise SystemExit(f"--budget-from {path}: no on_clock_s or mean_on_clock_s in it "
                          f"(time_to_accuracy.py's JSON?)")  # fmt: skip
+    runs = data.get("runs") or [data]  # several seeds' runs, or one run
+    timed = {r.get("experiment") for r in runs if isinstance(r, dict)}
+    if timed != {experiment}:
+        raise SystemExit(f"--budget-from {path}: it times experiment "
+                         f"{', '.join(sorted(map(str, timed))) or 'unknown'}, this run is "
+                         f"experiment={experiment}; time the same recipe with "
+                         f"time_to_accuracy.py --experiment {experiment}")  # fmt: skip
     return float(found)
 
 
@@ -90,7 +106,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     env = dict(os.environ)
     if args.threads:  # torch's thread count in train.py
         env["OMP_NUM_THREADS"] = str(args.threads)
-    clock = on_clock_s(args.budget_from) if args.budget_from else None  # a bad file: stop first
+    # A bad budget file stops the run before train.py starts.
+    clock = on_clock_s(args.budget_from, recipe(train_args)) if args.budget_from else None
     imports = import_s(env) if args.budget_from else None
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = next((a.split("=", 1)[1] for a in train_args if a.startswith("hydra.run.dir=")),

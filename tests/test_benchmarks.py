@@ -161,7 +161,8 @@ def test_augment_throughput(folder_root: Path, tmp_path: Path, capsys):
 
 def test_wall_time_of_train_py(folder_root: Path, tmp_path: Path, capfd, monkeypatch):
     out, clock = tmp_path / "wall.json", tmp_path / "clock.json"
-    clock.write_text(json.dumps({"runs": [], "mean_on_clock_s": 1.25}))  # time_to_accuracy's
+    runs = [{"experiment": "fast_cpu", "seed": s} for s in (0, 1)]  # time_to_accuracy's
+    clock.write_text(json.dumps({"runs": runs, "mean_on_clock_s": 1.25}))
     monkeypatch.setattr(wall_time, "import_s", lambda env: 0.5)  # two interpreters spared
     r = wall_time.main([f"--out={out}", f"--budget-from={clock}", "--", "experiment=fast_cpu",
                         f"data.root={folder_root}", *TINY, "trainer.max_epochs=1"])  # fmt: skip
@@ -174,10 +175,20 @@ def test_wall_time_of_train_py(folder_root: Path, tmp_path: Path, capfd, monkeyp
         wall_time.main(["experiment=fast_cpu"])  # train.py's arguments go after --
     assert "put train.py's arguments after --" in capfd.readouterr().err
     # A budget file that is not time_to_accuracy's: one error, before train.py runs.
-    for text in ("{", "[1]", '{"on_clock_s": "fast"}'):
+    for text in ("{", "[1]", '{"on_clock_s": "fast"}', '{"on_clock_s": 1.0}'):
         clock.write_text(text)
         with pytest.raises(SystemExit, match="--budget-from .*clock.json"):
             wall_time.main([f"--budget-from={clock}", "--", "experiment=fast_cpu"])
+    # Another recipe's clock is no budget for this one (one run, or several seeds').
+    for timed in (
+        {"experiment": "fast94", "on_clock_s": 8.0},
+        {"runs": [*runs, {"experiment": "fast94"}], "mean_on_clock_s": 1.25},
+    ):
+        clock.write_text(json.dumps(timed))
+        with pytest.raises(SystemExit, match="times experiment .*fast94.* experiment=fast_cpu"):
+            wall_time.main([f"--budget-from={clock}", "--", "experiment=fast_cpu"])
+    assert wall_time.recipe(["seed=1"]) == "none"
+    assert wall_time.recipe(["experiment=fast94", "+experiment=fast_cpu"]) == "fast_cpu"
 
 
 def test_cpu_limit_counts_the_step_and_its_ceiling(folder_root: Path, tmp_path: Path):
