@@ -229,6 +229,32 @@ def test_an_old_cache_without_a_table_is_updated_in_place(tmp_path, monkeypatch,
     assert reads == []
 
 
+def test_a_cache_replaced_while_it_is_read_is_not_rewritten(tmp_path, monkeypatch):
+    # torch.load(mmap=True) maps the tensors by name after reading the records: a cache
+    # replaced in between (another run's rewrite) must not be written back as a mix of both.
+    root = write_folder_layout(tmp_path / "d", n_train=2, n_test=1)
+    settle(root)
+    cache = sources.prepare_cache(root, allow_download=False)
+    current = torch.load(cache, weights_only=True)
+    old = {k: v for k, v in current.items() if k not in ("files", "train_digests", "test_digests")}
+    torch.save({**old, "format": 3}, cache)  # a cache the next check rewrites in place
+    load = torch.load
+
+    def replaced_meanwhile(f, *args, **kwargs):
+        got = load(f, *args, **kwargs)
+        if Path(f) == cache:  # another run's copy of it takes its place
+            shutil.copy(cache, tmp_path / "other")
+            os.replace(tmp_path / "other", cache)
+        return got
+
+    monkeypatch.setattr(torch, "load", replaced_meanwhile)
+    sources.prepare_cache(root, allow_download=False)
+    assert torch.load(cache, weights_only=True)["format"] == 3  # checked, not rewritten
+    monkeypatch.setattr(torch, "load", load)
+    sources.prepare_cache(root, allow_download=False)  # undisturbed: brought up to date
+    assert torch.load(cache, weights_only=True)["format"] == sources.CACHE_FORMAT
+
+
 def test_rehash_all_reads_every_file_and_writes_nothing(tmp_path, reads):
     root = write_folder_layout(tmp_path / "d", n_train=2, n_test=1)
     cache = sources.prepare_cache(root, allow_download=False)
@@ -321,3 +347,50 @@ def test_the_load_made_during_the_check_is_used_only_if_the_check_kept_the_cache
     changed = (rebuilt.test_set.x != kept.test_set.x).flatten(1).any(1)
     assert changed.sum() == 1 and (rebuilt.test_set.x[changed] == 7).all()
     assert torch.equal(rebuilt.train_set.x, kept.train_set.x)
+
+
+def test_the_early_load_is_skipped_or_cut_again_when_setup_would_not_match_it(
+    tmp_path, monkeypatch
+):
+    """No early load once the data are loaded (setup() before the first check); one cut with
+    other options than setup()'s is cut again; a failed check is reported without waiting for
+    the load."""
+    import threading
+
+    from cifar_lightning.data import CIFAR10DataModule
+    from cifar_lightning.data import datamodule as datamodule_module
+
+    root = write_folder_layout(tmp_path / "data")
+    settle(root)
+    sources.prepare_cache(root, allow_download=False)
+
+    def fresh() -> CIFAR10DataModule:
+        return CIFAR10DataModule(root=str(root), download=False, val_size=0, num_workers=0)
+
+    dm = fresh()
+    dm.setup()
+    dm.prepare_data()
+    assert dm._ahead is None  # nothing loaded twice
+    dm = fresh()
+    dm.prepare_data()
+    dm.val_size = 4  # reconfigured after the early load (val_size=0)
+    dm.setup()
+    assert dm.sizes["val"] == 4 and dm._ahead is None
+    # The check fails while the load still runs: its error comes first.
+    release, finished = threading.Event(), []
+
+    def slow_load() -> dict:
+        release.wait(20)
+        finished.append(True)
+        raise RuntimeError("the load")
+
+    def failing_check(root, allow_download):
+        raise DataError("the check")
+
+    dm = fresh()
+    monkeypatch.setattr(dm, "_load", slow_load)
+    monkeypatch.setattr(datamodule_module, "prepare_cache", failing_check)
+    with pytest.raises(DataError, match="the check"):
+        dm.prepare_data()
+    assert not finished  # raised before the load ended
+    release.set()

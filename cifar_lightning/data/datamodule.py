@@ -108,10 +108,16 @@ class CIFAR10DataModule(L.LightningDataModule):
         # cost about the check alone. That load is used only if it holds the data of the cache
         # the check left (the same fingerprint: a rebuild from changed files differs, and so
         # does another run's cache written meanwhile); else setup() loads that cache.
-        exists = (self.root / CACHE_NAME).is_file()
-        with ThreadPoolExecutor(max_workers=1) as pool:  # waits for the load on leaving
-            ahead = pool.submit(self._load) if exists else None
+        # Data already loaded (setup() before the first check) need no second copy.
+        early = (self.root / CACHE_NAME).is_file() and self.train_set is None
+        pool = ThreadPoolExecutor(max_workers=1)
+        ahead = pool.submit(self._load) if early else None
+        try:
             prepare_cache(self.root, self.download)
+        except BaseException:  # the check's error (or Ctrl-C) at once, not after the load
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()  # waits for the load
         if ahead is not None and ahead.exception() is None:  # (a failed load: setup raises)
             loaded = ahead.result()
             if loaded["fingerprint"] == cache_fingerprint(self.root):
@@ -119,11 +125,20 @@ class CIFAR10DataModule(L.LightningDataModule):
         self._prepared = True
 
     def setup(self, stage: str | None = None) -> None:
+        ahead, self._ahead = self._ahead, None
         if self.train_set is not None:  # fit and test share one load
             return
-        loaded, self._ahead = self._ahead or self._load(), None
-        for name, value in loaded.items():
-            setattr(self, name, value)
+        # The early load cut the splits with the options of its time; changed since (a
+        # datamodule reconfigured between prepare_data and setup), they are cut again.
+        if ahead is None or ahead["options"] != self._split_options():
+            ahead = self._load()
+        for name, value in ahead.items():
+            if name != "options":
+                setattr(self, name, value)
+
+    def _split_options(self) -> tuple:
+        """What _load's splits depend on besides the cache."""
+        return (self.val_size, self.train_size, self.split_seed, self.seed, self.augment)
 
     def _load(self) -> dict[str, Any]:
         """The cache's splits as setup() keeps them: the datasets, the split indices, the
@@ -153,6 +168,7 @@ class CIFAR10DataModule(L.LightningDataModule):
             ),
             "train_clean_set": ImageTensorDataset(x[clean], y[clean], eval_tf, digests=d[clean]),
             "fingerprint": splits.fingerprint,
+            "options": self._split_options(),
         }
 
     def _options(self) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -106,6 +107,12 @@ def _refresh(cache: Path, meta: dict, table: Table | None) -> None:
         log.warning("could not update the data cache %s (%s); it stays valid", cache, err)
 
 
+def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
+    """The same file, unchanged: an atomic rewrite gives a new inode, an edit a new mtime."""
+    return (a.st_ino, a.st_dev, a.st_size, a.st_mtime_ns) == (b.st_ino, b.st_dev, b.st_size,
+                                                              b.st_mtime_ns)  # fmt: skip
+
+
 def _stale(cache: Path, root: Path, rehash_all: bool = False) -> tuple[str | None, Check | None]:
     """Why the cache no longer matches its source, or None when it does (or when the source is
     gone: the cache alone is then the data); and the check of the source, if one was made. A
@@ -113,14 +120,19 @@ def _stale(cache: Path, root: Path, rehash_all: bool = False) -> tuple[str | Non
     in place, without decoding anything again."""
     source = find_source(root)
     try:
+        opened = cache.stat()
         meta = torch.load(cache, map_location="cpu", weights_only=True, mmap=True)
         fmt, recorded, signature = meta["format"], meta["source"], meta.get("source_signature")
+        # torch.load(mmap=True) maps the tensors by the file's name, after reading the records
+        # from the file it opened: a cache replaced meanwhile (another run's rewrite) can give
+        # one file's records with the other's tensors. Checked, not rewritten, then.
+        rewrite = not rehash_all and _same_file(opened, cache.stat())
     except Exception:
         return None, None  # load_splits reports a damaged cache with its own message
     if fmt not in (3, CACHE_FORMAT):
         return "it was written by an older version of this project", None
     if source is None:
-        if fmt != CACHE_FORMAT and not rehash_all:
+        if fmt != CACHE_FORMAT and rewrite:
             _refresh(cache, meta, None)
         return None, None
     if recorded != source:
@@ -137,7 +149,7 @@ def _stale(cache: Path, root: Path, rehash_all: bool = False) -> tuple[str | Non
                 "was built"), got  # fmt: skip
     # Store the new keys once enough files were read that a table would spare (a copied or
     # touched source, an old cache); a few racy files are cheaper to read than a rewrite.
-    if not rehash_all and (fmt != CACHE_FORMAT or got.newly_trusted * 100 >= len(got.table.names)):
+    if rewrite and (fmt != CACHE_FORMAT or got.newly_trusted * 100 >= len(got.table.names)):
         log.info("data cache %s: the source is unchanged; recording its files' new dates", cache)
         _refresh(cache, meta, got.table)
     return None, got
