@@ -146,7 +146,7 @@ def summary(what: str, rounds: list[dict[str, float]]) -> dict[str, Any]:
 
 
 def _stored(cache: Path) -> filetable.Table:
-    meta = torch.load(cache, map_location="cpu", weights_only=True, mmap=True)
+    meta = sources.read_mapped(cache)
     return filetable.Table.from_payload(meta["files"], meta["source_signature"])
 
 

@@ -255,6 +255,26 @@ def test_a_cache_replaced_while_it_is_read_is_not_rewritten(tmp_path, monkeypatc
     assert torch.load(cache, weights_only=True)["format"] == sources.CACHE_FORMAT
 
 
+def test_the_cache_is_mapped_by_a_str_name_as_older_torch_requires(tmp_path, monkeypatch):
+    # torch 2.2's torch.load(mmap=True) raises on a Path; the check caught that error and took
+    # the cache for unreadable, so a changed source went unnoticed.
+    load = torch.load
+
+    def strict_load(f, *args, **kwargs):
+        if kwargs.get("mmap") and not isinstance(f, str):
+            raise ValueError("f must be a string filename in order to use mmap argument")
+        return load(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", strict_load)
+    root = write_folder_layout(tmp_path / "d", n_train=2, n_test=1)
+    sources.prepare_cache(root, allow_download=False)
+    built = sources.cache_fingerprint(root)
+    assert built == sources.load_splits(root).fingerprint
+    Image.fromarray(np.full((32, 32, 3), 9, np.uint8)).save(first(first(root / "test")))
+    sources.prepare_cache(root, allow_download=False)
+    assert sources.cache_fingerprint(root) not in (built, None)  # the change was seen
+
+
 def test_rehash_all_reads_every_file_and_writes_nothing(tmp_path, reads):
     root = write_folder_layout(tmp_path / "d", n_train=2, n_test=1)
     cache = sources.prepare_cache(root, allow_download=False)

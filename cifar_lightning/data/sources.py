@@ -121,7 +121,7 @@ def _stale(cache: Path, root: Path, rehash_all: bool = False) -> tuple[str | Non
     source = find_source(root)
     try:
         opened = cache.stat()
-        meta = torch.load(cache, map_location="cpu", weights_only=True, mmap=True)
+        meta = read_mapped(cache)
         fmt, recorded, signature = meta["format"], meta["source"], meta.get("source_signature")
         # torch.load(mmap=True) maps the tensors by the file's name, after reading the records
         # from the file it opened: a cache replaced meanwhile (another run's rewrite) can give
@@ -203,12 +203,18 @@ def prepare_cache(root: str | Path, allow_download: bool, rehash_all: bool = Fal
     return cache
 
 
+def read_mapped(cache: Path) -> dict:
+    """The cache's contents with its tensors mapped, not read: its records cost a few ms."""
+    # The name as a str: torch 2.2's mmap=True refuses a Path (2.11's takes one), and the
+    # checks, which catch a load's errors, would then take every cache for unreadable.
+    return torch.load(str(cache), map_location="cpu", weights_only=True, mmap=True)
+
+
 def cache_fingerprint(root: str | Path) -> str | None:
     """The fingerprint (sources.fingerprint: of the images and labels) the data cache under
     `root` holds, or None without a readable cache. Cheap: the tensors are mapped, not read."""
     try:
-        meta = torch.load(Path(root) / CACHE_NAME, map_location="cpu", weights_only=True, mmap=True)
-        return str(meta["fingerprint"])
+        return str(read_mapped(Path(root) / CACHE_NAME)["fingerprint"])
     except Exception:
         return None
 
