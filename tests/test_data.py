@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 
@@ -89,6 +90,25 @@ def test_damaged_cache_is_reported(tmp_path):
     root = write_folder_layout(tmp_path / "d", n_train=2, n_test=1)
     cache = sources.prepare_cache(root, allow_download=False)
     cache.write_bytes(cache.read_bytes()[:1000])
+    with pytest.raises(DataError, match="unusable.*Delete it"):
+        sources.load_splits(root)
+
+
+def test_a_cache_the_check_cannot_read_is_rebuilt_from_its_source(tmp_path, caplog):
+    # A check that could not read the cache used to pass it: never without reading it.
+    root = write_folder_layout(tmp_path / "d", n_train=2, n_test=1)
+    cache = sources.prepare_cache(root, allow_download=False)
+    built = sources.load_splits(root).fingerprint
+    cache.write_bytes(cache.read_bytes()[:1000])
+    with caplog.at_level(logging.WARNING):
+        sources.prepare_cache(root, allow_download=False)
+    assert "rebuilding the data cache" in caplog.text and "cannot be read" in caplog.text
+    assert sources.load_splits(root).fingerprint == built
+    # Without its source, the cache is the data: the load names the damage and the fix.
+    shutil.rmtree(root / "train")
+    shutil.rmtree(root / "test")
+    cache.write_bytes(cache.read_bytes()[:1000])
+    sources.prepare_cache(root, allow_download=False)
     with pytest.raises(DataError, match="unusable.*Delete it"):
         sources.load_splits(root)
 

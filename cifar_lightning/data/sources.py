@@ -127,8 +127,11 @@ def _stale(cache: Path, root: Path, rehash_all: bool = False) -> tuple[str | Non
         # from the file it opened: a cache replaced meanwhile (another run's rewrite) can give
         # one file's records with the other's tensors. Checked, not rewritten, then.
         rewrite = not rehash_all and _same_file(opened, cache.stat())
-    except Exception:
-        return None, None  # load_splits reports a damaged cache with its own message
+    except Exception as err:
+        if source is None:  # the cache alone is the data: load_splits reports it, and the fix
+            return None, None
+        # A check that cannot read the cache must not pass it: rebuilt from the source.
+        return f"it cannot be read ({type(err).__name__}: {err})", None
     if fmt not in (3, CACHE_FORMAT):
         return "it was written by an older version of this project", None
     if source is None:
@@ -205,9 +208,11 @@ def prepare_cache(root: str | Path, allow_download: bool, rehash_all: bool = Fal
 
 def read_mapped(cache: Path) -> dict:
     """The cache's contents with its tensors mapped, not read: its records cost a few ms."""
-    # The name as a str: torch 2.2's mmap=True refuses a Path (2.11's takes one), and the
-    # checks, which catch a load's errors, would then take every cache for unreadable.
-    return torch.load(str(cache), map_location="cpu", weights_only=True, mmap=True)
+    # The name as a str: torch 2.2's mmap=True refuses a Path (2.11's takes one).
+    try:
+        return torch.load(str(cache), map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # a file system that cannot map it: read whole (a damaged file fails again)
+        return torch.load(cache, map_location="cpu", weights_only=True)
 
 
 def cache_fingerprint(root: str | Path) -> str | None:
