@@ -87,9 +87,6 @@ def test_muon_filter_step_is_orthogonalised_and_follows_the_schedule():
 # one, so the two agree to bf16 accuracy (a few per cent), not bit for bit.
 
 NS = (3.4445, -4.7750, 2.0315)  # Keller Jordan's coefficients, ours and torch's
-needs_torch_muon = pytest.mark.skipif(
-    not hasattr(torch.optim, "Muon"), reason="torch.optim.Muon: torch >= 2.9"
-)
 
 
 def newton_schulz_float64(g: torch.Tensor, steps: int) -> torch.Tensor:
@@ -107,7 +104,6 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b.double()).norm() / b.double().norm())
 
 
-@needs_torch_muon
 @pytest.mark.parametrize("shape", [(16, 72), (72, 16), (32, 32)])
 @pytest.mark.parametrize("steps", [3, 5])
 def test_orthogonalize_matches_torchs_newton_schulz(shape, steps):
@@ -125,7 +121,6 @@ def test_orthogonalize_matches_torchs_newton_schulz(shape, steps):
     assert relative_error(ours, theirs) < 0.05
 
 
-@needs_torch_muon
 @pytest.mark.parametrize("momentum", [0.6, 0.85])
 def test_filter_steps_match_torch_muon_on_a_1x1_filter(momentum):
     out_c, in_c, lr = 16, 24, 0.2
