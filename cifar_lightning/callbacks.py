@@ -93,9 +93,10 @@ class ProgressBar(RichProgressBar):
 
 
 class LastCheckpoint(Checkpoint):
-    """Keeps `last.ckpt` current: every `every_n_train_steps` steps inside an epoch and at every
-    `every_n_epochs`-th epoch end (after validation). Lightning's ModelCheckpoint cannot do both
-    at once, and two of them with save_last would write last.ckpt and last-v1.ckpt.
+    """Keeps `last.ckpt` current: every `every_n_train_steps` steps inside an epoch (one due at
+    an epoch's last batch is written at the epoch's end) and at every `every_n_epochs`-th epoch
+    end (after validation). Lightning's ModelCheckpoint cannot do both at once, and two of them
+    with save_last would write last.ckpt and last-v1.ckpt.
 
     A Checkpoint (not a plain Callback): Lightning runs checkpoint callbacks last at an epoch
     end, in their configured order, so the epoch-end last.ckpt holds the best score
@@ -114,6 +115,7 @@ class LastCheckpoint(Checkpoint):
         self.every_n_train_steps = every_n_train_steps
         self.every_n_epochs = every_n_epochs
         self._saved_step = -1
+        self._due = False  # a step's save put off to the epoch's end
         self.saved_at_end = False  # whether on_train_end wrote last.ckpt
 
     def _save(self, trainer: L.Trainer, again: bool = False) -> bool:
@@ -132,12 +134,20 @@ class LastCheckpoint(Checkpoint):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
         n = self.every_n_train_steps
         if n and trainer.global_step % n == 0:
-            self._save(trainer)
+            if batch_idx + 1 == trainer.num_training_batches:
+                # Due at the epoch's last batch: written at its end instead. Lightning resumes a
+                # checkpoint of the last batch, taken before the epoch's end, in the next epoch
+                # without ending this one or starting that one: no validation or epoch-end
+                # hooks for this epoch, and the next one's train sums start from this one's.
+                self._due = True
+            else:
+                self._save(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         n = self.every_n_epochs
-        if n and (trainer.current_epoch + 1) % n == 0:
+        if self._due or (n and (trainer.current_epoch + 1) % n == 0):
             self._save(trainer)
+        self._due = False
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Without a save at every epoch end, the last one may be missing or older than the

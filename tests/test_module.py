@@ -3,6 +3,7 @@ hooks it drives."""
 
 from __future__ import annotations
 
+import shutil
 from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
@@ -142,18 +143,21 @@ class TrainSums(L.Callback):
         self.images.append(float(pl_module.train_loss.weight))
 
 
+@pytest.mark.parametrize("every_n_train_steps", [0, 1])
 def test_a_run_resumed_from_an_epoch_end_checkpoint_counts_each_epochs_images_once(
-    folder_root, tmp_path
+    folder_root, tmp_path, every_n_train_steps
 ):
     # last.ckpt written at an epoch's end holds that epoch's sums, taken before Lightning resets
-    # them: the resumed run's next epoch must not add to them.
+    # them: the resumed run's next epoch must not add to them. every_n_train_steps=1: the
+    # epoch's last step wrote last.ckpt before validation and the epoch's end; the epoch-end
+    # save must still replace it.
     def fit(epochs: int, ckpt: Path | None, sums: TrainSums) -> None:
         torch.manual_seed(0)
         module = Classifier(nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10)),
                             optimizer=partial(torch.optim.SGD, lr=0.01))  # fmt: skip
         dm = CIFAR10DataModule(root=str(folder_root), download=False, batch_size=50,
                                val_size=0, num_workers=0)  # fmt: skip
-        last = LastCheckpoint(str(tmp_path / "ckpt"), every_n_train_steps=0, every_n_epochs=1)
+        last = LastCheckpoint(str(tmp_path / "ckpt"), every_n_train_steps, every_n_epochs=1)
         trainer = L.Trainer(accelerator="cpu", max_epochs=epochs, logger=False,
                             default_root_dir=tmp_path, enable_progress_bar=False,
                             callbacks=[last, sums], num_sanity_val_steps=0)  # fmt: skip
@@ -165,6 +169,45 @@ def test_a_run_resumed_from_an_epoch_end_checkpoint_counts_each_epochs_images_on
     fit(2, tmp_path / "ckpt" / "last.ckpt", resumed)
     assert whole.images[0] == first.images[0] > 0
     assert resumed.images == whole.images[1:]  # the second epoch's images, once
+
+
+class KilledBeforeTheEpochEnd(L.Callback):
+    """Keeps the last.ckpt a run killed at its epoch's end would leave: the copy is taken before
+    LastCheckpoint's own epoch-end save (Lightning runs checkpoint callbacks last)."""
+
+    def __init__(self, copy: Path) -> None:
+        self.copy = copy
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: Classifier) -> None:
+        shutil.copy(Path(trainer.default_root_dir) / "ckpt" / "last.ckpt", self.copy)
+
+
+@pytest.mark.parametrize("every_n_epochs", [0, 1])
+def test_a_run_killed_at_an_epochs_end_resumes_that_epochs_end(folder_root, tmp_path,
+                                                               every_n_epochs):  # fmt: skip
+    # A step save due at an epoch's last batch is put off to the epoch's end: resumed from a
+    # checkpoint of that batch, Lightning skipped the epoch's end (validation, epoch-end
+    # hooks) and the next epoch's start, so that epoch's train sums began at this one's.
+    def fit(epochs: int, ckpt: Path | None, sums: TrainSums, *extra: L.Callback) -> Classifier:
+        torch.manual_seed(0)
+        module = Classifier(nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10)),
+                            optimizer=partial(torch.optim.SGD, lr=0.01))  # fmt: skip
+        dm = CIFAR10DataModule(root=str(folder_root), download=False, batch_size=100,
+                               val_size=0, num_workers=0)  # fmt: skip
+        last = LastCheckpoint(str(tmp_path / "ckpt"), 1, every_n_epochs=every_n_epochs)
+        trainer = L.Trainer(accelerator="cpu", max_epochs=epochs, logger=False,
+                            default_root_dir=tmp_path, enable_progress_bar=False,
+                            callbacks=[last, sums, *extra], num_sanity_val_steps=0)  # fmt: skip
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
+        return module
+
+    whole, first, resumed = TrainSums(), TrainSums(), TrainSums()
+    ref = fit(2, None, whole)
+    fit(1, None, first, KilledBeforeTheEpochEnd(tmp_path / "killed.ckpt"))
+    got = fit(2, tmp_path / "killed.ckpt", resumed)
+    assert resumed.images == whole.images  # the first epoch's end again, then the second
+    pairs = zip(ref.state_dict().values(), got.state_dict().values(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
 
 
 class Sizes(nn.Module):
