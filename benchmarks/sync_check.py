@@ -5,8 +5,9 @@ Runs the recipe as train.py trains it (its callbacks, health checks, checkpoints
 logging point (`trainer.log_every_n_steps`, an epoch's last batch), the fetch of its batch
 included: any synchronising CUDA call there (`item`, `.cpu()`, `nonzero`, a blocking copy) raises
 and names the line. Unchecked: logging points, epoch ends, validation and checkpoint saves (that
-is where the loop reads its metrics and writes its files), and so each epoch's start up to its
-first step (the epoch's order copied to the device, the first chunk of augmented batches). The
+is where the loop reads its metrics and writes its files), each epoch's start up to its first
+step (the epoch's order copied to the device, the first chunk of augmented batches), and the
+fit's first step (cuDNN's algorithm search under trainer.benchmark, once per run). The
 CPU-side twin of this check is benchmarks/op_count.py
 (host reads counted on any machine); this one is authoritative for CUDA.
 
@@ -40,7 +41,9 @@ class SyncGuard(L.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: ANN001
         # The batch was fetched under the previous step's mode: a step after a logging point
         # fetches unchecked, all others checked.
-        guarded = not logging_point(trainer, batch_idx)
+        # The fit's first step neither: cuDNN's algorithm search (trainer.benchmark) runs
+        # there, once, and may wait for the device.
+        guarded = trainer.global_step > 0 and not logging_point(trainer, batch_idx)
         torch.cuda.set_sync_debug_mode("error" if guarded else "default")
         self.checked += guarded
 

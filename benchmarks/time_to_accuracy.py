@@ -191,15 +191,21 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         # The same recipe, cut short: its kernels, cuDNN's algorithm choices and compiled graphs
         # are then ready before the clock of the timed runs starts.
         print(f"warm-up: {args.warmup_steps} steps, not timed", flush=True)
+        began = time.perf_counter()
         warm = run(args, [*args.overrides, f"trainer.max_steps={args.warmup_steps}"], False)
-        warmup = {"steps": args.warmup_steps, "on_clock_s": warm["on_clock_s"]}
+        warmup = {"steps": args.warmup_steps, "on_clock_s": warm["on_clock_s"],
+                  "process_s": time.perf_counter() - began}  # fmt: skip
+        print(f"warm-up done in {warmup['process_s']:.1f} s (compilations included)", flush=True)
+    out = args.out.format(experiment=args.experiment)
     runs = []
     for seed, keep in zip(seeds, keeps, strict=True):
         runs.append(run(args, [*args.overrides, *seed], args.epoch_eval, keep))
         print_run(runs[-1])
+        if len(runs) < len(seeds):  # the seeds so far, in case a time limit stops the rest
+            save({"runs": runs, **seed_summary(runs), "complete": False, "warmup": warmup}, out)
     result = runs[0] if len(runs) == 1 else {"runs": runs, **seed_summary(runs)}
     result.update(clock=CLOCK, epoch_eval=args.epoch_eval, warmup=warmup)
-    return save(result, args.out.format(experiment=args.experiment))
+    return save(result, out)
 
 
 if __name__ == "__main__":

@@ -108,6 +108,27 @@ def test_seed_summary_means_and_per_seed_time_to_target(capsys):
     assert "790.00" in capsys.readouterr().out
 
 
+def test_time_to_accuracy_keeps_the_seeds_done_when_a_later_one_is_stopped(tmp_path, monkeypatch):
+    # A time limit that stops the third seed leaves the first two on disk (gpu.sh's steps).
+    done = []
+
+    def fake_run(args, overrides, epoch_eval, keep=None):
+        if len(done) == 2:
+            raise KeyboardInterrupt  # as a time limit's signal would stop it
+        done.append({"experiment": "fast94", "seed": len(done), "final_test_acc": 0.94,
+                     "on_clock_s": 3.0, "time_to_target_s": 2.5})  # fmt: skip
+        return done[-1]
+
+    monkeypatch.setattr(time_to_accuracy, "run", fake_run)
+    monkeypatch.setattr(time_to_accuracy, "print_run", lambda r: None)
+    out = tmp_path / "clock.json"
+    with pytest.raises(KeyboardInterrupt):
+        time_to_accuracy.main(["--experiment", "fast94", "--seeds", "0", "1", "2", f"--out={out}"])
+    kept = json.loads(out.read_text())
+    assert [r["seed"] for r in kept["runs"]] == [0, 1] and kept["complete"] is False
+    assert kept["mean_on_clock_s"] == 3.0
+
+
 SEEDS_THEN_OVERRIDES = ["--seeds", "0", "1", "2", "data.root=x", "trainer.max_epochs=2"]
 OVERRIDES_AROUND_SEEDS = ["data.root=x", "--seeds", "0", "1", "2", "trainer.max_epochs=2"]
 
@@ -300,10 +321,10 @@ def test_fit_ab_pairs_whole_fits_by_round(folder_root: Path, tmp_path: Path, cap
 
 def gpu_steps() -> list[list[str]]:
     """benchmarks/gpu.sh's steps as argument lists (continued lines joined, $root and $out
-    filled in), each without `step LIMIT`."""
+    filled in), each without `step LEAST LIMIT`."""
     text = (REPO / "benchmarks" / "gpu.sh").read_text().replace("\\\n", " ")
     lines = [line.strip() for line in text.splitlines()]
-    steps = [shlex.split(line)[2:] for line in lines if line.startswith("step ")]
+    steps = [shlex.split(line)[3:] for line in lines if line.startswith("step ")]
     return [[w.replace("$root", "DATA").replace("$out", "OUT") for w in s] for s in steps]
 
 
@@ -316,7 +337,7 @@ def test_gpu_sh_steps_take_their_own_options(argv, monkeypatch, tmp_path: Path):
     """What a GPU can run, a CPU can check: each step of gpu.sh names a benchmark whose own
     parser accepts its options (the run stops right after parsing), and train.py's config
     takes its overrides."""
-    assert argv[0] == "python" and (REPO / argv[1]).is_file()
+    assert argv[0] == "$py" and (REPO / argv[1]).is_file()
     module = importlib.import_module(argv[1].removesuffix(".py").replace("/", "."))
 
     def parse_only(p, args):
