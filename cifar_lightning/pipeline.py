@@ -261,7 +261,9 @@ def train(cfg: DictConfig, extra_callbacks: ExtraCallbacks | None = None) -> flo
     best_val = None
     if ckpt_cb is not None and ckpt_cb.best_model_score is not None:
         best_val = float(ckpt_cb.best_model_score)
-    if not cfg.test:  # after_fit_figures reads the data, which a train=false run has not loaded
+    if not cfg.test and getattr(datamodule, "train_set", None) is None:
+        # after_fit_figures reads the data, which a train=false run has not loaded (a fit's
+        # ranks all have: under DDP only one per node checked it, and none need check again)
         datamodule.prepare_data()  # checked before it is loaded, as a Lightning stage does
         datamodule.setup("test")
     test = run_test(trainer, module, datamodule) if cfg.test else None
