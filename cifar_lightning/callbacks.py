@@ -115,7 +115,6 @@ class LastCheckpoint(Checkpoint):
         self.every_n_train_steps = every_n_train_steps
         self.every_n_epochs = every_n_epochs
         self._saved_step = -1
-        self._due = False  # a step's save put off to the epoch's end
         self.saved_at_end = False  # whether on_train_end wrote last.ckpt
 
     def _save(self, trainer: L.Trainer, again: bool = False) -> bool:
@@ -131,23 +130,23 @@ class LastCheckpoint(Checkpoint):
         self._saved_step = trainer.global_step
         return True
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+    def _step_due(self, trainer: L.Trainer) -> bool:
         n = self.every_n_train_steps
-        if n and trainer.global_step % n == 0:
-            if batch_idx + 1 == trainer.num_training_batches:
-                # Due at the epoch's last batch: written at its end instead. Lightning resumes a
-                # checkpoint of the last batch, taken before the epoch's end, in the next epoch
-                # without ending this one or starting that one: no validation or epoch-end
-                # hooks for this epoch, and the next one's train sums start from this one's.
-                self._due = True
-            else:
-                self._save(trainer)
+        return bool(n) and trainer.global_step % n == 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+        # Due at the epoch's last batch: written at its end instead (on_train_epoch_end sees the
+        # same global step). Lightning resumes a checkpoint of the last batch, taken before the
+        # epoch's end, in the next epoch without ending this one or starting that one: no
+        # validation or epoch-end hooks for this epoch, and the next one's train sums start
+        # from this one's.
+        if self._step_due(trainer) and batch_idx + 1 != trainer.num_training_batches:
+            self._save(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         n = self.every_n_epochs
-        if self._due or (n and (trainer.current_epoch + 1) % n == 0):
-            self._save(trainer)
-        self._due = False
+        if self._step_due(trainer) or (n and (trainer.current_epoch + 1) % n == 0):
+            self._save(trainer)  # not again if a step save (max_steps mid-epoch) wrote this step
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Without a save at every epoch end, the last one may be missing or older than the
