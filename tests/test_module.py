@@ -143,6 +143,22 @@ class TrainSums(L.Callback):
         self.images.append(float(pl_module.train_loss.weight))
 
 
+def fit_linear(root: Path, out: Path, epochs: int, ckpt: Path | None, batch_size: int,
+               *callbacks: L.Callback) -> Classifier:  # fmt: skip
+    """A linear classifier fitted from seed 0 for `epochs` (resumed from `ckpt`), no validation,
+    with `callbacks`; last.ckpt's folder is out/ckpt."""
+    torch.manual_seed(0)
+    module = Classifier(nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10)),
+                        optimizer=partial(torch.optim.SGD, lr=0.01))  # fmt: skip
+    dm = CIFAR10DataModule(root=str(root), download=False, batch_size=batch_size, val_size=0,
+                           num_workers=0)  # fmt: skip
+    trainer = L.Trainer(accelerator="cpu", max_epochs=epochs, logger=False, default_root_dir=out,
+                        enable_progress_bar=False, callbacks=list(callbacks),
+                        num_sanity_val_steps=0)  # fmt: skip
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
+    return module
+
+
 @pytest.mark.parametrize("every_n_train_steps", [0, 1])
 def test_a_run_resumed_from_an_epoch_end_checkpoint_counts_each_epochs_images_once(
     folder_root, tmp_path, every_n_train_steps
@@ -152,16 +168,8 @@ def test_a_run_resumed_from_an_epoch_end_checkpoint_counts_each_epochs_images_on
     # epoch's last step wrote last.ckpt before validation and the epoch's end; the epoch-end
     # save must still replace it.
     def fit(epochs: int, ckpt: Path | None, sums: TrainSums) -> None:
-        torch.manual_seed(0)
-        module = Classifier(nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10)),
-                            optimizer=partial(torch.optim.SGD, lr=0.01))  # fmt: skip
-        dm = CIFAR10DataModule(root=str(folder_root), download=False, batch_size=50,
-                               val_size=0, num_workers=0)  # fmt: skip
         last = LastCheckpoint(str(tmp_path / "ckpt"), every_n_train_steps, every_n_epochs=1)
-        trainer = L.Trainer(accelerator="cpu", max_epochs=epochs, logger=False,
-                            default_root_dir=tmp_path, enable_progress_bar=False,
-                            callbacks=[last, sums], num_sanity_val_steps=0)  # fmt: skip
-        trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
+        fit_linear(folder_root, tmp_path, epochs, ckpt, 50, last, sums)
 
     whole, first, resumed = TrainSums(), TrainSums(), TrainSums()
     fit(2, None, whole)
@@ -189,17 +197,8 @@ def test_a_run_killed_at_an_epochs_end_resumes_that_epochs_end(folder_root, tmp_
     # checkpoint of that batch, Lightning skipped the epoch's end (validation, epoch-end
     # hooks) and the next epoch's start, so that epoch's train sums began at this one's.
     def fit(epochs: int, ckpt: Path | None, sums: TrainSums, *extra: L.Callback) -> Classifier:
-        torch.manual_seed(0)
-        module = Classifier(nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10)),
-                            optimizer=partial(torch.optim.SGD, lr=0.01))  # fmt: skip
-        dm = CIFAR10DataModule(root=str(folder_root), download=False, batch_size=100,
-                               val_size=0, num_workers=0)  # fmt: skip
         last = LastCheckpoint(str(tmp_path / "ckpt"), 1, every_n_epochs=every_n_epochs)
-        trainer = L.Trainer(accelerator="cpu", max_epochs=epochs, logger=False,
-                            default_root_dir=tmp_path, enable_progress_bar=False,
-                            callbacks=[last, sums, *extra], num_sanity_val_steps=0)  # fmt: skip
-        trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
-        return module
+        return fit_linear(folder_root, tmp_path, epochs, ckpt, 100, last, sums, *extra)
 
     whole, first, resumed = TrainSums(), TrainSums(), TrainSums()
     ref = fit(2, None, whole)
