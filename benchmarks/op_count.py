@@ -17,6 +17,9 @@ backward, optimizer, schedule, data, metrics, callbacks), and splits the count b
              the host in a GPU run too (torchvision's per-image transforms, the DataLoader,
              torch.optim's step counters, a GradScaler) are marked host-resident, not device
              reads.
+  evaluation the same reads in each validation batch (and, with --test, each batch of the test
+             train.py runs after the fit), from its start to the next batch's; those after the
+             stage's last batch belong to its epoch's end (a logging point).
 
 Counted as CUDA would run the recipe: fp32 (`trainer.precision=32-true`: no autocast casts) and
 torch.optim with `foreach=True` (CUDA's default; CPU's is the per-parameter loop). The count does
@@ -137,7 +140,8 @@ class Count(TorchDispatchMode):
 
 
 class Steps(L.Callback):
-    """Marks where each training step starts in the count, and whether Lightning logs at it."""
+    """Marks where each training step starts in the count, and whether Lightning logs at it;
+    and each validation and test batch, up to its stage's epoch end."""
 
     def __init__(self, count: Count) -> None:
         self.count = count
@@ -150,6 +154,23 @@ class Steps(L.Callback):
         self.starts.append({"epoch": trainer.current_epoch, "step": trainer.global_step,
                             "ops": self.count.total})  # fmt: skip
 
+    # An evaluation batch: from its start to the next batch's, or to the end of its stage's last
+    # batch, after which the epoch's end reads the metrics (logging_point: true).
+    def _evaluating(self, trainer: L.Trainer, batch_idx: int, end: bool, idx: int) -> None:
+        stage = "test" if trainer.testing else "validate"
+        batches = trainer.num_test_batches if trainer.testing else trainer.num_val_batches
+        last = end and batch_idx + 1 == batches[idx]
+        self.count.where = {"stage": stage, "batch": batch_idx, "logging_point": last}
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, idx=0) -> None:  # noqa: ANN001
+        self._evaluating(trainer, batch_idx, False, idx)
+
+    def on_validation_batch_end(self, trainer, pl_module, out, batch, batch_idx, idx=0) -> None:  # noqa: ANN001
+        self._evaluating(trainer, batch_idx, True, idx)
+
+    on_test_batch_start = on_validation_batch_start
+    on_test_batch_end = on_validation_batch_end
+
 
 @contextmanager
 def counting() -> Iterator[tuple[Count, Steps]]:
@@ -158,11 +179,11 @@ def counting() -> Iterator[tuple[Count, Steps]]:
         yield count, Steps(count)
 
 
-def per_step(count: Count, steps: Steps, every: int, start_epoch: int) -> dict[str, Any]:
+def per_step(steps: Steps, fit_ops: int, every: int, start_epoch: int) -> dict[str, Any]:
     """Ops per step per epoch (an epoch ends where the next one's first step starts; the last
     epoch's at the end of fit), and in the last epoch the median plain and averaging step (its
     first and last steps left out: they carry the epoch's start and end)."""
-    starts = [*steps.starts, {"epoch": None, "step": None, "ops": count.total}]
+    starts = [*steps.starts, {"epoch": None, "step": None, "ops": fit_ops}]
     deltas = [(s["epoch"], s["step"], n["ops"] - s["ops"])
               for s, n in zip(starts, starts[1:], strict=False)]  # fmt: skip
     epochs: dict[int, list[int]] = {}
@@ -181,8 +202,11 @@ def per_step(count: Count, steps: Steps, every: int, start_epoch: int) -> dict[s
     }
 
 
-def run(experiment: str, overrides: Sequence[str], epochs: int, count_batch: int) -> dict[str, Any]:
-    """Train `epochs` epochs of the recipe under the counter; the counts."""
+def run(
+    experiment: str, overrides: Sequence[str], epochs: int, count_batch: int, test: bool = False
+) -> dict[str, Any]:
+    """Train `epochs` epochs of the recipe under the counter, then (`test`) test it as train.py
+    does; the counts."""
     extra = ["trainer.accelerator=cpu", "trainer.devices=1", "trainer.precision=32-true",
              f"trainer.max_epochs={epochs}", "trainer.max_steps=-1",
              "test=false"]  # fmt: skip
@@ -205,8 +229,11 @@ def run(experiment: str, overrides: Sequence[str], epochs: int, count_batch: int
         with counting() as (count, steps):
             trainer = make_trainer(cfg.trainer, cfg.logger, [*callbacks, steps], Path(tmp) / "run")
             trainer.fit(module, datamodule=datamodule)
+            fit_ops = count.total
+            if test:
+                trainer.test(module, datamodule=datamodule)
         look = cfg.callbacks.get("lookahead") or {}
-        counts = per_step(count, steps, look.get("every_n_steps", 0), look.get("start_epoch", 0))
+        counts = per_step(steps, fit_ops, look.get("every_n_steps", 0), look.get("start_epoch", 0))
         return {
             "steps_per_epoch": trainer.num_training_batches,
             "batch_size": int(cfg.data.batch_size),
@@ -221,11 +248,13 @@ def summarise(r: dict[str, Any]) -> dict[str, Any]:
     last = max(r["per_epoch"])
     device_reads = [x for x in r["host_reads"] if not x["host_resident"] and "step" in x]
     off_point = [x for x in device_reads if not x["logging_point"]]
+    evaluating = [x for x in r["host_reads"] if not x["host_resident"] and "stage" in x]
     return {
         "ops_per_step_last_epoch": r["per_epoch"][last],
         "target": TARGET,
         "device_reads": len(device_reads),
         "device_reads_outside_logging_points": len(off_point),
+        "evaluation_device_reads_in_batches": sum(not x["logging_point"] for x in evaluating),
     }
 
 
@@ -240,8 +269,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         help="batch size to count at, keeping the recipe's steps per epoch on its full "
         "training split (0: the recipe's own batches and data)",
     )
+    p.add_argument("--test", action="store_true",
+                   help="also count the test after the fit, as train.py runs it")  # fmt: skip
     args = parse(p, argv)
-    r = run(args.experiment, args.overrides, args.epochs, args.count_batch)
+    r = run(args.experiment, args.overrides, args.epochs, args.count_batch, args.test)
     s = summarise(r)
     print(f"{args.experiment}: {r['steps_per_epoch']} steps per epoch (batch {r['batch_size']}), "
           f"fp32, foreach SGD, logging every {r['log_every_n_steps']} steps")  # fmt: skip
@@ -250,10 +281,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     print(f"  last epoch, median step by kind: {r['median_step_last_epoch']}")
     print(f"ops per step (last epoch) {s['ops_per_step_last_epoch']:.1f}, target <= {TARGET}; "
           f"device reads {s['device_reads']}, outside logging points "
-          f"{s['device_reads_outside_logging_points']}")  # fmt: skip
+          f"{s['device_reads_outside_logging_points']}; in evaluation batches "
+          f"{s['evaluation_device_reads_in_batches']}")  # fmt: skip
     for x in r["host_reads"]:
         if not x["host_resident"] and not x.get("logging_point", True):
-            print(f"  read {x['op']} at epoch {x['epoch']} batch {x['batch']}: "
+            where = x.get("stage") or f"epoch {x['epoch']}"
+            print(f"  read {x['op']} at {where} batch {x['batch']}: "
                   f"{' <- '.join(reversed(x['stack'][-5:]))}")  # fmt: skip
     # The JSON keeps every read outside a logging point and a tally of the others by caller.
     tally = Counter(

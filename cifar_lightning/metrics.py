@@ -1,13 +1,14 @@
-"""The Classifier's counting: a running weighted mean for the training step (two in-place adds
-on the device per update), an evaluated batch's counts, the ranks' per-image results in the
-split's order, and old checkpoints' train_acc states.
+"""The Classifier's counting: a running weighted mean (two in-place adds on the device per
+update) and a confusion matrix, neither read back before the epoch's end; an evaluated batch's
+counts, the ranks' per-image results in the split's order, and old checkpoints' train_acc states.
 
-torchmetrics' MulticlassAccuracy and MeanMetric check their arguments on every update (a
-`torch.unique` of the labels, a NaN test of the values): each check reads a value back from the
-device, so every training step waited for the GPU, and their forward() dispatches some 60 ops
-per step. The training step only needs sums, and the sums are what torchmetrics synchronises
-across DDP ranks anyway. (MeanMetric(nan_strategy="disable"), which skips the NaN test, ignores
-`weight` in torchmetrics 1.9: a partial last batch would then weigh as much as a full one.)
+torchmetrics' MulticlassAccuracy, MulticlassConfusionMatrix and MeanMetric check their arguments
+on every update (a `torch.unique` of the labels, a NaN test of the values, a weight copied from
+the host): each check reads a value back from the device, so every training, validation and
+test batch waited for the GPU, and their forward() dispatches some 60 ops per step. The steps
+only need sums, and the sums are what torchmetrics synchronises across DDP ranks anyway.
+(MeanMetric(nan_strategy="disable"), which skips the NaN test, ignores `weight` in torchmetrics
+1.9: a partial last batch would then weigh as much as a full one.)
 """
 
 from __future__ import annotations
@@ -58,6 +59,45 @@ class RunningMean(Metric):
 
     def compute(self) -> Tensor:
         return self.mean_value / self.weight
+
+
+class ConfusionCounts(Metric):
+    """Images by true class (rows) and predicted class (columns), as torchmetrics'
+    MulticlassConfusionMatrix counts them, summed over the DDP ranks; update() reads nothing
+    back (a bincount on a GPU reads the largest index to size its output)."""
+
+    full_state_update = False
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        zeros = torch.zeros(num_classes, num_classes, dtype=torch.long)
+        self.add_state("counts", zeros, dist_reduce_fx="sum")
+
+    def update(self, preds: Tensor, target: Tensor) -> None:  # type: ignore[override]
+        n = self.num_classes
+        # Each image's cell compared with every cell and summed: integer sums, the same on every
+        # run and device (an index_add_ on a GPU adds in no fixed order).
+        cells = (target * n + preds).unsqueeze(1)
+        every = torch.arange(n * n, device=cells.device)
+        self.counts.add_((cells == every).sum(0).view(n, n))
+
+    def compute(self) -> Tensor:
+        return self.counts
+
+    def class_accuracy(self) -> Tensor:
+        """Each class's share of its images predicted right, in float32 as MulticlassAccuracy
+        (average=None) divides; NaN for a class none of whose images was counted."""
+        counts = self.compute()
+        return counts.diagonal().float() / counts.sum(1).float()
+
+
+def add_evaluated(acc: RunningMean, mean_loss: RunningMean, loss: Tensor, preds: Tensor,
+                  target: Tensor) -> None:  # fmt: skip
+    """An evaluated batch into its stage's sums: correct predictions, and its mean loss x its
+    images in float32 whatever the autocast (torchmetrics' MeanMetric's weighing, to the bit)."""
+    acc.update((preds == target).sum(), len(target))
+    mean_loss.update(loss.float() * len(target), len(target))
 
 
 def batch_counts(logits: Tensor, y: Tensor, criterion: nn.Module) -> Tensor:

@@ -10,15 +10,12 @@ import pytorch_lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchmetrics import MeanMetric
-from torchmetrics.classification import (
-    MulticlassAccuracy,
-    MulticlassConfusionMatrix,
-)
 
 from cifar_lightning import DISPLAY_NAMES
 from cifar_lightning.metrics import (
+    ConfusionCounts,
     RunningMean,
+    add_evaluated,
     batch_counts,
     interleave_ranks,
     upgrade_train_acc,
@@ -65,23 +62,18 @@ class Classifier(L.LightningModule):
         self.make_scheduler = scheduler
         self.class_names = class_names
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-        # One metric object per stage: their states never mix.
-        # Training: running sums on the device, read only when Lightning logs the epoch's
-        # values (metrics.py says why not torchmetrics' own). Persistent: a mid-epoch resume
-        # keeps the epoch's running sums.
-        self.train_acc = RunningMean()  # correct predictions / images
+        # One metric object per stage: their states never mix. Sums on the device, read only
+        # when Lightning logs the epoch's values (metrics.py says why not torchmetrics' own):
+        # correct predictions / images, and the mean loss over the images (under DDP, the sums
+        # of every rank's: what one process gets). Training's are persistent: a mid-epoch
+        # resume keeps the epoch's running sums.
+        self.train_acc = RunningMean()
         self.train_acc.persistent(True)
-        self.train_loss = RunningMean()  # the epoch's mean loss over its images
+        self.train_loss = RunningMean()
         self.train_loss.persistent(True)
-        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
-        # Evaluation losses as metrics, weighted by batch size: under DDP torchmetrics sums
-        # values and weights over the ranks, so val/loss and test/loss are the mean over every
-        # image, as one process gets (a logged tensor would be rank 0's shard only).
-        self.val_loss = MeanMetric()
-        self.test_loss = MeanMetric()
-        self.test_class_acc = MulticlassAccuracy(num_classes, average=None)
-        self.test_confmat = MulticlassConfusionMatrix(num_classes)
+        self.val_acc, self.val_loss = RunningMean(), RunningMean()
+        self.test_acc, self.test_loss = RunningMean(), RunningMean()
+        self.test_confmat = ConfusionCounts(num_classes)  # and each class's accuracy
         self.tta_level = tta_level  # test-time augmentation in test_step (0: off; see tta.py)
         self.channels_last = channels_last
         self.train_resolution = train_resolution
@@ -196,8 +188,7 @@ class Classifier(L.LightningModule):
         x, y = self._inputs(batch)
         logits = self(x)
         preds = logits.argmax(1)
-        self.val_acc(preds, y)
-        self.val_loss.update(self.criterion(logits, y), weight=len(y))
+        add_evaluated(self.val_acc, self.val_loss, self.criterion(logits, y), preds, y)
         if batch_idx == 0:  # once per pass, as in training_step
             self.log("val/loss", self.val_loss, on_epoch=True, prog_bar=True)
             self.log("val/acc", self.val_acc, on_epoch=True, prog_bar=True)
@@ -217,10 +208,8 @@ class Classifier(L.LightningModule):
         else:
             logits = self(x)
         preds = logits.argmax(1)
-        self.test_acc(preds, y)
-        self.test_class_acc.update(preds, y)
+        add_evaluated(self.test_acc, self.test_loss, self.criterion(logits, y), preds, y)
         self.test_confmat.update(preds, y)
-        self.test_loss.update(self.criterion(logits, y), weight=len(y))
         if batch_idx == 0:  # a new test pass: its metrics logged once, as in training_step
             self.log("test/loss", self.test_loss, on_epoch=True)
             self.log("test/acc", self.test_acc, on_epoch=True)
@@ -247,10 +236,10 @@ class Classifier(L.LightningModule):
         return batch_counts(logits, y, self.criterion)
 
     def on_test_epoch_end(self) -> None:
-        accs = self.test_class_acc.compute().tolist()
+        accs = self.test_confmat.class_accuracy().tolist()
         confusion = self.test_confmat.compute().tolist()  # rows: the true class
         # A class none of whose images was tested (trainer.limit_test_batches) has no accuracy:
-        # None, where torchmetrics would report 0.0. test_images: what test_acc counts.
+        # None. test_images: what test_acc counts.
         rows = zip(self.class_names, accs, confusion, strict=True)
         per_class = {name: acc if sum(row) else None for name, acc, row in rows}
         # Per-image correctness of the tested model (at its TTA: what test_acc counts), in the
@@ -274,7 +263,6 @@ class Classifier(L.LightningModule):
             "confusion_matrix": confusion,
             "test_correct": None if correct is None else correct.cpu().numpy(),
         }
-        self.test_class_acc.reset()
         self.test_confmat.reset()
 
     def configure_optimizers(self) -> Any:

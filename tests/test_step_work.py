@@ -5,6 +5,7 @@ depend on image count or network width."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from unittest import mock
 
@@ -13,7 +14,7 @@ import torch
 
 from benchmarks import loop_overhead, op_count
 from benchmarks.common import run_config
-from cifar_lightning.metrics import RunningMean, upgrade_train_acc
+from cifar_lightning.metrics import ConfusionCounts, RunningMean, add_evaluated, upgrade_train_acc
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -33,7 +34,9 @@ RECIPES = {
 def counts(folder_root: Path) -> dict[str, dict]:
     found = {}
     for name, (epochs, batch, overrides) in RECIPES.items():
-        found[name] = op_count.run(name, [f"data.root={folder_root}", *overrides], epochs, batch)
+        found[name] = op_count.run(
+            name, [f"data.root={folder_root}", *overrides], epochs, batch, test=True
+        )
     return found
 
 
@@ -51,6 +54,20 @@ def test_training_steps_read_nothing_back_outside_logging_points(counts, recipe)
     at_points = [r for r in count["host_reads"] if r.get("logging_point") and not
                  r["host_resident"]]  # fmt: skip
     assert at_points
+
+
+@pytest.mark.parametrize("recipe", list(RECIPES))
+def test_evaluation_batches_read_nothing_back_before_their_epochs_end(counts, recipe):
+    # The test train.py runs after the fit, and the default recipe's validation: their metrics
+    # sum on the device (metrics.py) and are read once, at the stage's end.
+    reads = [r for r in counts[recipe]["host_reads"] if "stage" in r and not r["host_resident"]]
+    inside = [f"{r['op']} in {r['stage']} batch {r['batch']}: "
+              f"{' <- '.join(reversed(r['stack'][-4:]))}"
+              for r in reads if not r["logging_point"]]  # fmt: skip
+    assert inside == []
+    assert op_count.summarise(counts[recipe])["evaluation_device_reads_in_batches"] == 0
+    stages = {r["stage"] for r in reads if r["logging_point"]}  # the counter sees the ends
+    assert stages == ({"validate", "test"} if recipe == "none" else {"test"})
 
 
 def test_fast94_dispatches_no_more_ops_per_step_than_airbench94_plus_10_percent(counts):
@@ -145,3 +162,33 @@ def test_an_older_checkpoints_running_accuracy_counts_carry_over():
     mean = RunningMean()
     mean.load_state_dict({k.split(".", 1)[1]: v for k, v in state.items()}, strict=True)
     assert mean.compute().item() == 0.75
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_evaluation_sums_equal_torchmetrics_figures_to_the_bit(dtype):
+    # What validation and test logged with torchmetrics' metrics before (they read values back
+    # in every batch): the same figures from the project's sums, a partial last batch, a class
+    # with no images (8) and the loss in bf16 (precision=bf16-true) included.
+    from torchmetrics import MeanMetric
+    from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
+
+    gen = torch.Generator().manual_seed(0)
+    criterion = torch.nn.CrossEntropyLoss(label_smoothing=0.2)
+    acc, mean_loss, confusion = RunningMean(), RunningMean(), ConfusionCounts(10)
+    ref_acc, ref_loss = MulticlassAccuracy(10, average="micro"), MeanMetric()
+    ref_class, ref_confusion = MulticlassAccuracy(10, average=None), MulticlassConfusionMatrix(10)
+    for n in (500, 500, 37):
+        logits = torch.randn(n, 10, generator=gen).to(dtype)
+        y = torch.randint(0, 10, (n,), generator=gen)
+        y[y == 8] = 9
+        preds, loss = logits.argmax(1), criterion(logits, y)
+        add_evaluated(acc, mean_loss, loss, preds, y)
+        confusion.update(preds, y)
+        ref_acc.update(preds, y), ref_loss.update(loss, weight=len(y))
+        ref_class.update(preds, y), ref_confusion.update(preds, y)
+    assert acc.compute().item() == ref_acc.compute().item()
+    assert mean_loss.compute().item() == ref_loss.compute().item()
+    assert torch.equal(confusion.compute(), ref_confusion.compute())
+    mine, theirs = confusion.class_accuracy().tolist(), ref_class.compute().tolist()
+    assert [a for i, a in enumerate(mine) if i != 8] == [a for i, a in enumerate(theirs) if i != 8]
+    assert math.isnan(mine[8])  # no images: None in results.json, where torchmetrics gave 0.0
