@@ -88,8 +88,9 @@ else  # step 1 failed: the process time alone
         -- experiment=fast94 data.root="$root"
 fi
 # 3. no synchronising CUDA call in fast94's steps outside logging points: 150 steps (Lookahead's
-#    first averages, the health checks' loss windows) under set_sync_debug_mode("error")
-#    (expected ~30 s; the op and host-read counts, benchmarks/op_count.py, run on the CPU)
+#    first averages, the health checks' loss windows), then the test's batches after its first,
+#    under set_sync_debug_mode("error") (expected ~30 s; the op and host-read counts,
+#    benchmarks/op_count.py, run on the CPU)
 step 35 60 "$py" benchmarks/sync_check.py --experiment fast94 --steps 150 \
     --out "$out/sync_check_fast94.json" data.root="$root"
 # 4. fast94_muon over 3 seeds, after a warm-up run past step 75 (the whitening bias's freeze

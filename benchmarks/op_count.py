@@ -54,10 +54,11 @@ from cifar_lightning.pipeline import build, build_callbacks, make_trainer  # noq
 
 TARGET = 170  # ops per step: airbench94's 155 + 10 % (issue 28)
 # Ops that hand a tensor's value to the host: `item`/`bool`/`float`/`int` end in
-# _local_scalar_dense; `nonzero`, `unique` and boolean-mask indexing need the count of their
-# output before it exists.
-READS = {"_local_scalar_dense", "nonzero", "_unique2", "unique_dim", "unique_consecutive",
-         "masked_select", "nonzero_static"}  # fmt: skip
+# _local_scalar_dense, except under torch.inference_mode (Lightning's evaluation loops), where
+# the mode sees `item` and `is_nonzero` instead; `equal` and `allclose` answer a Python bool;
+# `nonzero`, `unique` and boolean-mask indexing need the count of their output before it exists.
+READS = {"_local_scalar_dense", "item", "is_nonzero", "equal", "allclose", "nonzero", "_unique2",
+         "unique_dim", "unique_consecutive", "masked_select", "nonzero_static"}  # fmt: skip
 # Tensors made from host values (`torch.tensor`, `as_tensor` of a number or list, `from_numpy`),
 # counted whatever their device: one made on a GPU (or moved there) is a blocking copy, which
 # waits for the device as a read does (CUDA's sync debug mode flags it). A CPU tensor moved to

@@ -18,8 +18,10 @@ from benchmarks import (
     cpu_limit,
     fit_ab,
     loop_overhead,
+    op_count,
     profile_step,
     step_ab,
+    sync_check,
     time_to_accuracy,
     wall_time,
 )
@@ -330,6 +332,61 @@ def gpu_steps() -> list[list[str]]:
 
 class Parsed(Exception):
     pass
+
+
+class EmulatedSyncMode(op_count.Count):
+    """CUDA's set_sync_debug_mode("error") on a CPU: a device read (op_count's count of them)
+    raises while the mode is on, with the message CUDA's gives."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mode = "default"
+
+    def read(self, name: str) -> None:
+        super().read(name)
+        if self.mode == "error" and not self.reads[-1]["host_resident"]:
+            raise RuntimeError(f"called a synchronizing CUDA operation ({name})")
+
+
+@pytest.mark.parametrize("inject", [None, "training_step", "test_step"])
+def test_sync_check_on_a_cpu_with_the_read_count_standing_in_for_cuda(
+    folder_root: Path, tmp_path: Path, monkeypatch, inject
+):
+    from cifar_lightning.module import Classifier
+
+    mode = EmulatedSyncMode()
+    monkeypatch.setattr(sync_check, "cuda_ready", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", lambda m: setattr(mode, "mode", m))
+    if inject:  # a step that reads a value back: the check must stop at it
+        step = getattr(Classifier, inject)
+
+        def reading(self, batch, batch_idx):  # noqa: ANN001
+            out = step(self, batch, batch_idx)
+            float(batch[1].float().mean())
+            return out
+
+        monkeypatch.setattr(Classifier, inject, reading)
+    out = tmp_path / "sync.json"
+    argv = ["--experiment", "fast94", "--steps", "12", f"--out={out}", f"data.root={folder_root}",
+            "trainer.accelerator=cpu", "trainer.precision=32-true", "model.widths=[8,8,8]",
+            "data.batch_size=32", "data.eval_batch_size=25",
+            "trainer.log_every_n_steps=5"]  # fmt: skip
+    with mode:
+        if inject:
+            with pytest.raises(SystemExit):
+                sync_check.main(argv)
+        else:
+            sync_check.main(argv)
+    result = json.loads(out.read_text())
+    # 12 steps, one epoch of 400 images: the first, the logging points at steps 5 and 10 and
+    # the epoch's last batch unchecked; the test's 4 batches of 25 images: the first unchecked.
+    if inject is None:
+        assert result["ok"] and result["steps_checked"] == 8
+        assert result["test_batches_checked"] == 3
+    else:
+        assert not result["ok"] and "synchronizing" in result["error"]
+        assert result["steps_run"] == (12 if inject == "test_step" else 1)
+    assert mode.mode == "default"
 
 
 @pytest.mark.parametrize("argv", gpu_steps(), ids=lambda argv: argv[1])

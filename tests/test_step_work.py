@@ -95,6 +95,19 @@ def test_the_counter_sees_every_kind_of_host_read():
     assert x.tolist() == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0] and len(count.reads) == len(ops)
 
 
+def test_the_counter_sees_reads_under_inference_mode_and_answers_of_a_bool():
+    # Lightning evaluates under torch.inference_mode, where `item` and `is_nonzero` reach the
+    # counter instead of _local_scalar_dense; `equal` and `allclose` read in any mode.
+    x = torch.arange(6.0)
+    with op_count.Count() as count:
+        count.where = {"stage": "test", "batch": 1, "logging_point": False}
+        with torch.inference_mode():
+            x.sum().item(), float(x[0]), int(x[2]), bool(x[1]), 1 if x.any() else 0
+        torch.equal(x, x), torch.allclose(x, x)
+    assert [r["op"] for r in count.reads] == ["item"] * 3 + ["is_nonzero"] * 2 + [
+        "equal", "allclose"]  # fmt: skip
+
+
 def test_the_hook_name_lightning_sets_around_each_hook_skips_nn_modules_checks():
     from torch import nn
 
