@@ -316,3 +316,70 @@ def test_cli_bad_data_is_one_clear_error(tmp_path):
     assert "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "data.root=" in errors[0]
+
+
+# ---- data settings of the wrong type: one UserError naming the key, before anything is read ----
+
+
+def built_from_overrides(*overrides: str) -> CIFAR10DataModule:
+    """The datamodule as train.py builds it: Hydra's values for the overrides, as Hydra parses
+    them (`data.download=no` stays the string "no")."""
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from tests.conftest import REPO
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=list(overrides))
+    return instantiate(cfg.data, augment=OmegaConf.to_container(cfg.augment), seed=0)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.val_size=abc", "data.val_size='abc' must be an integer: pass e.g. data.val_"),
+        ("data.batch_size=1.5", "data.batch_size=1.5 must be an integer"),
+        ("data.batch_size=abc", "data.batch_size='abc' must be an integer"),
+        ("data.split_seed=abc", "data.split_seed='abc' must be an integer"),
+        ("data.eval_batch_size=true", "data.eval_batch_size=true must be an integer"),
+        ("data.num_workers=2.0", "data.num_workers=2.0 must be an integer"),
+        ("data.train_size=all", "data.train_size='all' must be an integer or null"),
+        ("data.download=no", "data.download='no' must be true or false"),
+        ("data.alternating_flip=maybe", "data.alternating_flip='maybe' must be true or false"),
+        ("data.root=null", "data.root=null is not a path: pass data.root=FOLDER"),
+        ("data.split_seed=18446744073709551616", "data.split_seed=18446744073709551616 is out"),
+    ],
+)
+def test_data_settings_of_the_wrong_type_are_one_error_naming_the_key(override, message):
+    from cifar_lightning.cli import user_message
+
+    with pytest.raises(Exception) as err:  # Hydra wraps what the constructor raised
+        built_from_overrides(override)
+    shown = user_message(err.value)
+    assert shown is not None and message in shown and "\n" not in shown
+
+
+def test_settings_of_the_right_types_are_accepted(tmp_path):
+    dm = built_from_overrides("data.train_size=null", "data.download=false", "data.split_seed=-1")
+    assert dm.train_size is None and dm.download is False and dm.split_seed == -1
+    # An integer of another type (numpy's, from a script) is an integer too.
+    assert CIFAR10DataModule(root=tmp_path, batch_size=np.int64(8)).batch_size == 8
+
+
+def test_a_train_size_larger_than_the_training_split_is_refused(folder_root):
+    # It used to be cut silently to the 350 images left after the validation split.
+    with pytest.raises(DataError, match=r"data.train_size=351 is more than the 350 training "
+                       r"images .*data.val_size=50.*data.train_size=350 or less, or "
+                       r"data.train_size=null"):  # fmt: skip
+        datamodule(folder_root, train_size=351)
+    assert len(datamodule(folder_root, train_size=350).train_set) == 350
+
+
+@pytest.mark.slow
+def test_cli_a_data_setting_of_the_wrong_type_is_one_clear_error(folder_root, tmp_path):
+    proc = run_cli("train.py", f"data.root={folder_root}", "data.val_size=abc",
+                   f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: data.val_size='abc' must be an integer: pass e.g. data.val_size=5000"]

@@ -414,3 +414,78 @@ def test_the_early_load_is_skipped_or_cut_again_when_setup_would_not_match_it(
         dm.prepare_data()
     assert not finished  # raised before the load ended
     release.set()
+
+
+def test_a_damaged_cache_says_whether_it_can_be_rebuilt_there(tmp_path):
+    # The message used to promise a rebuild from the data under the root when there was none,
+    # and gave the reason as a bare number (a text file's KeyError: '101').
+    root = write_folder_layout(tmp_path / "d", n_train=2, n_test=1)
+    cache = sources.prepare_cache(root, allow_download=False)
+    cache.write_text("hello\nnot a cache\n")
+    with pytest.raises(DataError, match=r"unusable \(KeyError: .*Delete it; the next run rebuilds"):
+        sources.load_splits(root)  # the source is there (prepare_cache would have rebuilt it)
+    shutil.rmtree(root / "train")
+    shutil.rmtree(root / "test")
+    sources.prepare_cache(root, allow_download=False)  # without its source, the cache is the data
+    with pytest.raises(DataError) as err:
+        sources.load_splits(root)
+    msg = str(err.value)
+    assert "unusable (KeyError: " in msg and "rebuilds it from" not in msg
+    assert f"{root} holds no CIFAR-10 source to rebuild it from" in msg
+    assert "data.download=true" in msg and "data.root=FOLDER" in msg
+
+
+@pytest.mark.parametrize("allow_download", [True, False])
+def test_a_root_that_is_a_file_is_named(tmp_path, monkeypatch, allow_download):
+    # It used to be taken for an empty folder: a download into it failed with "File exists".
+    monkeypatch.setattr(sources, "download", lambda root: pytest.fail("download attempted"))
+    file = tmp_path / "data.txt"
+    file.write_text("x")
+    for root in (file, file / "cifar"):
+        with pytest.raises(DataError, match=rf"{file} is a file, not a folder.*data.root=FOLDER"):
+            sources.prepare_cache(root, allow_download=allow_download)
+    assert file.read_text() == "x"
+
+
+def test_a_failed_download_leaves_no_folder_it_created(tmp_path, monkeypatch):
+    # torchvision creates the root (and the folders above it) before it fetches anything: a
+    # mistyped data.root used to stay behind as an empty folder after the download failed.
+    def failing_download(root: Path, leave: str | None = None) -> None:
+        os.makedirs(root, exist_ok=True)
+        if leave:
+            (root / leave).write_bytes(b"part")
+        raise DataError(f"CIFAR-10 is not under {root} and the download failed")
+
+    monkeypatch.setattr(sources, "download", failing_download)
+    typo = tmp_path / "dta" / "cifar"
+    with pytest.raises(DataError, match="download failed"):
+        sources.prepare_cache(typo, allow_download=True)
+    assert not (tmp_path / "dta").exists()
+    existing = tmp_path / "empty"  # not created by the run: kept
+    existing.mkdir()
+    with pytest.raises(DataError, match="download failed"):
+        sources.prepare_cache(existing, allow_download=True)
+    assert existing.is_dir()
+    # A folder the download wrote into is not removed, nor the folders above it.
+    monkeypatch.setattr(sources, "download", lambda root: failing_download(root, "part.tar.gz"))
+    with pytest.raises(DataError, match="download failed"):
+        sources.prepare_cache(typo, allow_download=True)
+    assert (typo / "part.tar.gz").is_file()
+    # Interrupted (Ctrl-C) before it wrote anything: removed too.
+    shutil.rmtree(tmp_path / "dta")
+
+    def interrupted(root: Path) -> None:
+        os.makedirs(root, exist_ok=True)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sources, "download", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        sources.prepare_cache(typo, allow_download=True)
+    assert not (tmp_path / "dta").exists()
+
+
+def test_a_download_into_a_new_folder_is_cached_there(tmp_path, monkeypatch):
+    monkeypatch.setattr(sources, "download", lambda root: write_torchvision_layout(root, 2, 1))
+    root = tmp_path / "new" / "data"
+    sources.prepare_cache(root, allow_download=True)
+    assert len(sources.load_splits(root).train_y) == 20

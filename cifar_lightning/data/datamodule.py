@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
+from os import PathLike
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader
 
 from cifar_lightning import CLASSES
+from cifar_lightning.config_checks import check_types
 from cifar_lightning.data.augment import AugmentPreset, eval_transform, train_transform
 from cifar_lightning.data.batch_augment import BatchAugment
 from cifar_lightning.data.device_loader import DeviceBatches
@@ -28,6 +31,11 @@ from cifar_lightning.data.sources import CACHE_NAME, cache_fingerprint, load_spl
 from cifar_lightning.errors import DataError, UserError
 
 CLEAN_TRAIN_IMAGES = 10_000  # the "train_clean" split: the training split's first (fixed) images
+# Hydra passes a value as written: `data.val_size=abc` arrives as "abc", `data.batch_size=1.5`
+# as a float, `data.download=no` as the string "no" (truthy: it would download). Each would fail
+# far from its setting, or be taken for what it is not, so the types are checked first.
+INT_KEYS = ("batch_size", "eval_batch_size", "val_size", "train_size", "split_seed", "num_workers")
+BOOL_KEYS = ("download", "alternating_flip")
 
 
 class CIFAR10DataModule(L.LightningDataModule):
@@ -50,6 +58,11 @@ class CIFAR10DataModule(L.LightningDataModule):
     ) -> None:
         """`seed`: the run's seed (what seed_everything returned)."""
         super().__init__()
+        if not isinstance(root, str | PathLike):
+            shown = "null" if root is None else repr(root)
+            raise UserError(f"data.root={shown} is not a path: pass data.root=FOLDER")
+        examples = {k: p.default for k, p in inspect.signature(type(self)).parameters.items()}
+        check_types("data", locals(), INT_KEYS, BOOL_KEYS, examples, nullable=("train_size",))
         if loader not in ("torch", "device"):
             raise UserError(f"data.loader={loader!r} is not an option: use data.loader=torch "
                             f"(DataLoader, per-image transforms) or data.loader=device (the "
@@ -60,6 +73,9 @@ class CIFAR10DataModule(L.LightningDataModule):
         if num_workers < 0 or (train_size is not None and train_size < 1):
             raise UserError(f"data.num_workers must be >= 0 and data.train_size >= 1 or null, "
                             f"got {num_workers} and {train_size}")  # fmt: skip
+        if not -(2**63) <= split_seed < 2**64:  # what torch.Generator.manual_seed takes
+            raise UserError(f"data.split_seed={split_seed} is out of range (-2**63 to 2**64 - 1): "
+                            f"pass e.g. data.split_seed=0")  # fmt: skip
         self.root = Path(root)
         self.download = download
         self.batch_size = batch_size
@@ -154,6 +170,11 @@ class CIFAR10DataModule(L.LightningDataModule):
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed))
         vi, ti = perm[: self.val_size], perm[self.val_size :]
         if self.train_size is not None:  # a fixed random subset, for quick studies
+            if self.train_size > len(ti):  # not cut: the run would train on fewer than it says
+                raise DataError(f"data.train_size={self.train_size} is more than the {len(ti)} "
+                                f"training images under {self.root} after the validation split "
+                                f"(data.val_size={self.val_size}): pass data.train_size={len(ti)} "
+                                f"or less, or data.train_size=null for all of them")  # fmt: skip
             ti = ti[: self.train_size]
         train_tf, eval_tf = train_transform(self.augment), eval_transform(self.augment)
         x, y, d = splits.train_x, splits.train_y, splits.train_digests

@@ -47,10 +47,31 @@ def layouts_help(root: Path) -> str:
     )
 
 
+# What an official batch file (a Python pickle of a dict of lists and a numpy array) may ask the
+# unpickler for: numpy's array reconstruction under its old and new module names, and the bytes
+# codec of protocol-2 pickles. A pickle can ask for any callable; a file under data.root is not
+# trusted to run code.
+_BATCH_GLOBALS = {
+    *((f"numpy.{core}.{mod}", name) for core in ("core", "_core")
+      for mod, name in (("multiarray", "_reconstruct"), ("numeric", "_frombuffer"))),
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+}  # fmt: skip
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) not in _BATCH_GLOBALS:
+            raise pickle.UnpicklingError(
+                f"it asks to load {module}.{name}, which a CIFAR-10 batch file never does"
+            )
+        return super().find_class(module, name)
+
+
 def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         with path.open("rb") as f:
-            d = pickle.load(f, encoding="latin1")  # the official format is a Python pickle
+            # The official format is a Python pickle: read with only numpy's array globals.
+            d = _BatchUnpickler(f, encoding="latin1").load()
         x = np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
         y = np.asarray(d["labels"], dtype=np.int64)
     except FileNotFoundError as err:

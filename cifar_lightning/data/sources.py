@@ -158,12 +158,59 @@ def _stale(cache: Path, root: Path, rehash_all: bool = False) -> tuple[str | Non
     return None, got
 
 
+def _check_folder(root: Path) -> None:
+    """A DataError when `root`, or a folder above it, is a file: else reading it says only that
+    nothing is there, and a download into it fails with an OSError."""
+    for path in (root, *root.parents):
+        if path.exists():
+            if not path.is_dir():
+                where = f"data.root={root}" + (f": {path}" if path != root else "")
+                raise DataError(
+                    f"{where} is a file, not a folder. Pass data.root=FOLDER, a folder that "
+                    f"holds CIFAR-10 (or a new one to download it into)."
+                )
+            return
+
+
+def _make_folders(root: Path) -> list[Path]:
+    """Create `root` and any missing folder above it; the ones this call created, deepest first
+    (a folder another process made meanwhile is not among them)."""
+    missing = [p for p in (root, *root.parents) if not p.exists()]
+    created = []
+    try:
+        for path in reversed(missing):
+            try:
+                path.mkdir()
+            except FileExistsError:
+                continue
+            created.insert(0, path)
+    except OSError as err:
+        _remove_if_empty(created)
+        raise DataError(
+            f"CIFAR-10 is not under {root}, and the folder cannot be created to download it "
+            f"into ({err}). Pass data.root=FOLDER, a folder that holds CIFAR-10 or a writable "
+            f"one to download it into."
+        ) from err
+    return created
+
+
+def _remove_if_empty(folders: list[Path]) -> None:
+    """Remove each folder (deepest first) while it is empty; one that is not stays, and so do
+    the folders above it."""
+    for path in folders:
+        try:
+            path.rmdir()
+        except OSError:
+            return
+
+
 def prepare_cache(root: str | Path, allow_download: bool, rehash_all: bool = False) -> Path:
     """Make sure `root` holds a cache of its current data, decoding (and downloading) only when
     the cache is missing or its source changed. `rehash_all` checks an existing cache by reading
     every file (the check before the file table; for benchmarks/data_check.py) and writes
     nothing when it matches."""
     root = Path(root)
+    _check_folder(root)
     cache = root / CACHE_NAME
     got = None
     if cache.is_file():  # written atomically, so an existing cache is a complete one
@@ -177,7 +224,12 @@ def prepare_cache(root: str | Path, allow_download: bool, rehash_all: bool = Fal
             raise DataError(
                 f"CIFAR-10 is not under {root} (data.download=false). {layouts_help(root)}"
             )
-        download(root)
+        created = _make_folders(root)
+        try:
+            download(root)
+        except BaseException:
+            _remove_if_empty(created)  # a mistyped data.root leaves no folder behind
+            raise
         source = "torchvision"
     if got is None or rehash_all:  # else the check that found the source changed stands
         got = check_source(root, source)
@@ -236,7 +288,13 @@ def load_splits(root: str | Path) -> Splits:
                       fingerprint=d["fingerprint"], train_digests=d["train_digests"],
                       test_digests=d["test_digests"])  # fmt: skip
     except Exception as err:
-        raise DataError(
-            f"the data cache {cache} is unusable ({err}). Delete it; the next run "
-            f"rebuilds it from the data under {cache.parent}."
-        ) from err
+        root, reason = cache.parent, f"{type(err).__name__}: {err}"
+        if find_source(root) is not None:
+            fix = f"Delete it; the next run rebuilds it from the data under {root}."
+        else:  # the cache was the only copy of the data there
+            fix = (
+                f"{root} holds no CIFAR-10 source to rebuild it from. Delete it, then put the "
+                f"CIFAR-10 files under {root} or run with data.download=true to download them "
+                f"there; or point data.root=FOLDER at a folder that holds them."
+            )
+        raise DataError(f"the data cache {cache} is unusable ({reason}). {fix}") from err
