@@ -65,6 +65,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 def load(path: str | Path) -> dict[str, Any]:
     """Read a Lightning checkpoint without executing pickled code."""
     path = Path(path)
+    if path.is_dir():
+        found = sorted(p.name for p in path.glob("*.ckpt"))[:3]
+        hint = (f"in it: {', '.join(found)}" if found else
+                "it holds none; runs keep theirs in outputs/<run>/checkpoints/")  # fmt: skip
+        raise UserError(f"checkpoint {path} is a folder, not a .ckpt file. Pass ckpt_path=PATH "
+                        f"to a .ckpt file ({hint}).")  # fmt: skip
     if not path.is_file():
         raise UserError(
             f"checkpoint {path} does not exist. Pass ckpt_path=PATH to a .ckpt file "

@@ -15,6 +15,7 @@ HYDRA_FULL_ERROR=1 keeps tracebacks for all but UserErrors, for debugging.
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import logging
 import os
 import re
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import torch
+import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException, InstantiationException, OverrideParseException
@@ -94,10 +96,17 @@ def _causes(err: BaseException) -> list[BaseException]:
 def _trainer_message(err: MisconfigurationException) -> str:
     message = f"Lightning cannot use these trainer settings: {_one_line(str(err))}"
     if not torch.cuda.is_available() and re.search(r"gpu|cuda", str(err), re.IGNORECASE):
-        message += (
-            " This machine has no GPU: train on the CPU with trainer=cpu (for "
-            "experiment=fast94, use experiment=fast_cpu, its CPU recipe)."
-        )
+        job = HydraConfig.get().job.name if HydraConfig.initialized() else "train"
+        if job not in ("eval", "predict", "export"):
+            message += (
+                " This machine has no GPU: train on the CPU with trainer=cpu (for "
+                "experiment=fast94, use experiment=fast_cpu, its CPU recipe)."
+            )
+        else:  # a trained run's own trainer settings, of which only the device may change
+            message += (
+                f" This machine has no GPU: run {job}.py on the CPU with trainer.accelerator=cpu"
+                f" (the run's other trainer settings, precision included, stay)."
+            )
     return message
 
 
@@ -137,10 +146,21 @@ def config_message(err: BaseException) -> str | None:
         return f"cannot parse the override {err.override!r}: {_one_line(err.message)}"
     if isinstance(err, HydraException | OmegaConfBaseException):
         message = _one_line(str(err))
+        unknown = re.match(r"Could not override '([^']+)'\. (To append|No match in the defaults)",
+                           message)  # fmt: skip
+        if unknown:  # Hydra's "+key" hint would add a key that nothing reads: a typo kept
+            key = unknown.group(1)
+            return (f"{key} is not a key of this config: check its spelling (python "
+                    f"{_script()} --cfg job lists the keys; a group's option is chosen with "
+                    f"group=option).")  # fmt: skip
         if isinstance(err.__cause__, OmegaConfBaseException):
             message += f" ({_one_line(str(err.__cause__))})"
         return message
     return None
+
+
+def _script() -> str:
+    return Path(sys.argv[0]).name if sys.argv[0].endswith(".py") else "train.py"
 
 
 def cli_guard(task: Callable[[Any], Any], cfg: Any) -> Any:
@@ -190,7 +210,7 @@ def run_main(hydra_main: Callable[[], Any], argv: list[str]) -> None:
     the task ran are read as config errors: one from inside the task is a bug unless
     user_message says otherwise, and keeps its traceback."""
     try:
-        check_cli(argv)
+        check_cli(argv, app=Path(inspect.getfile(inspect.unwrap(hydra_main))).stem)
     except UserError as err:
         exit_with(str(err))
     provenance.code_at_start()  # the code this process imported, before a long sweep goes on
@@ -237,8 +257,9 @@ REPLACED = {
 }
 
 
-def check_cli(argv: list[str], default_dir: str = "outputs") -> None:
-    """Hydra plugins the arguments name are installed; the run (or sweep) folder is writable."""
+def check_cli(argv: list[str], default_dir: str = "outputs", app: str | None = None) -> None:
+    """Hydra plugins the arguments name are installed; the run (or sweep) folder is writable,
+    and (for `app`, the script's name) not another script's run folder."""
     args = [a.lstrip("+") for a in argv]
     for arg in args:
         old = arg.split("=", 1)[0]
@@ -257,6 +278,26 @@ def check_cli(argv: list[str], default_dir: str = "outputs") -> None:
     folder = _static_folder(chosen[-1]) if chosen else Path(default_dir)
     if folder is not None:
         check_writable(folder, key)
+    if chosen and folder is not None and not multirun and app is not None:
+        check_own_folder(folder, app)
+
+
+def check_own_folder(folder: Path, app: str) -> None:
+    """A run folder another script made (eval.py pointed at train.py's run, say) is refused
+    before Hydra starts: Hydra would replace its .hydra/ record, and the script its
+    results.json, metrics.csv or predictions. The same script's folder is its own to reuse
+    (train.py resumes or reruns a job there)."""
+    try:
+        record = yaml.safe_load((folder / ".hydra" / "hydra.yaml").read_text())
+        made_by = record["hydra"]["job"]["name"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return  # no readable record of another script: nothing of one to lose
+    if made_by != app:
+        raise UserError(
+            f"hydra.run.dir={folder} is a {made_by}.py run's folder: {app}.py would overwrite "
+            f"its record (.hydra/, results). Pass another hydra.run.dir, or leave it out "
+            f"({app}.py then makes a new folder under outputs/)."
+        )
 
 
 def _static_folder(override: str) -> Path | None:

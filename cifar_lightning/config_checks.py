@@ -14,7 +14,9 @@ them once on a stand-in parameter brings that error forward as one UserError.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from numbers import Integral
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -161,3 +163,115 @@ def check_health(cfg: DictConfig) -> None:
         f"a health option (conf/health/) and set the keys on it, e.g. health=default "
         f"health.loss_window_steps=40."
     )
+
+
+# train.py's switches: Hydra reads only true/false as booleans, and a string such as "no" would
+# count as true (test=no would test).
+RUN_SWITCHES = ("train", "test", "tune_lr", "retain_cpu_memory", "module.channels_last")
+
+
+def check_switches(cfg: DictConfig, keys: Sequence[str]) -> None:
+    """Each of `keys` that is set is true or false, not a string or a number."""
+    for key in keys:
+        value = OmegaConf.select(cfg, key)
+        if value is not None and not isinstance(value, bool):
+            raise UserError(f"{key}={value!r} is not a switch: pass {key}=true or {key}=false.")
+
+
+def check_run(cfg: DictConfig) -> None:
+    """train.py's settings that Lightning would take without a word: its switches, and a run
+    that would test a network it neither trained nor loaded."""
+    check_switches(cfg, RUN_SWITCHES)
+    if not cfg.train and cfg.test and cfg.get("ckpt_path") is None:
+        raise UserError(
+            "train=false test=true tests a checkpoint, and none was given: pass ckpt_path=PATH "
+            "(or ckpt_path=last), or eval.py ckpt_path=PATH."
+        )
+    for key in ("max_epochs", "max_steps", "limit_train_batches"):
+        if cfg.train and cfg.trainer.get(key) == 0:  # -1 and null: unlimited
+            raise UserError(
+                f"trainer.{key}=0 trains nothing: pass a positive trainer.{key}, or test a "
+                f"trained model with eval.py ckpt_path=PATH."
+            )
+
+
+def check_stored_data_root(run_cfg: DictConfig, source: str) -> None:
+    """A checkpoint's own data.root, used when the command gives none: read only where the data
+    already is. The file does not get to make folders or download into a place it names."""
+    run_cfg.data.download = False
+    if not Path(run_cfg.data.root).is_dir():
+        raise UserError(
+            f"the data folder {source}'s run was trained on, {run_cfg.data.root}, is not here: "
+            f"pass data.root=PATH (a folder with CIFAR-10, or an empty one to download it into)."
+        )
+
+
+def check_module_options(
+    net: torch.nn.Module, label_smoothing: float, tta_level: int, train_resolution: Any
+) -> None:
+    """The Classifier's options, refused when it is built rather than at the first step or, for
+    the TTA level, at the test after the whole fit (ValueError: Hydra names the component)."""
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"module.label_smoothing must be in [0, 1], got {label_smoothing}")
+    if tta_level not in (0, 1, 2) or isinstance(tta_level, bool):
+        raise ValueError(f"module.tta_level must be 0, 1 or 2 (cifar_lightning/tta.py), got "
+                         f"{tta_level!r}")  # fmt: skip
+    if train_resolution and min(train_resolution) < 8:
+        raise ValueError(f"module.train_resolution: sizes must be >= 8, got {train_resolution}")
+    if train_resolution and not getattr(net, "any_input_size", True):
+        raise ValueError(
+            f"module.train_resolution: {type(net).__name__} takes 32x32 inputs only; use a "
+            f"network that takes any size (model=fastnet, model=resnet18) or "
+            f"module.train_resolution=null"
+        )
+
+
+DEVICE_KEYS = ("accelerator", "devices", "strategy", "num_nodes")
+
+
+def device_settings(trainer: Mapping[str, Any]) -> dict[str, Any]:
+    """eval.py's trainer settings that replace the run's (those not null). Only the device may
+    change: other keys (from +trainer=cpu, say) would test otherwise than the run did."""
+    others = sorted(k for k, v in trainer.items() if k not in DEVICE_KEYS and v is not None)
+    if others:
+        raise UserError(
+            f"eval.py tests as the training run did: of its trainer settings only "
+            f"{', '.join(DEVICE_KEYS)} may change, not {', '.join(others)}. Pass only those, "
+            f"e.g. trainer.accelerator=cpu."
+        )
+    return {k: v for k, v in trainer.items() if v is not None}
+
+
+def _shown(value: Any) -> str:
+    """A value as a command-line override spells it."""
+    if isinstance(value, bool) or value is None:
+        return {True: "true", False: "false", None: "null"}[value]
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def check_types(
+    prefix: str,
+    given: Mapping[str, Any],
+    ints: Sequence[str],
+    bools: Sequence[str],
+    examples: Mapping[str, Any],
+    nullable: Sequence[str] = (),
+) -> None:
+    """One UserError for the first of a component's settings `given` of the wrong type, naming
+    `prefix.key`, the value and an example: integers (not bools, which are ints to Python; the
+    `nullable` ones also null) and real booleans. Hydra passes a value as written
+    (`data.val_size=abc` as "abc", `data.download=no` as the truthy "no"), which would otherwise
+    fail far from its setting, or be taken for what it is not."""
+    for key in ints:
+        value = given[key]
+        if (isinstance(value, Integral) and not isinstance(value, bool)) or (
+            value is None and key in nullable
+        ):
+            continue
+        also = " or null" if key in nullable else ""
+        raise UserError(f"{prefix}.{key}={_shown(value)} must be an integer{also}: pass e.g. "
+                        f"{prefix}.{key}={_shown(examples[key])}")  # fmt: skip
+    for key in bools:
+        if not isinstance(given[key], bool):
+            raise UserError(f"{prefix}.{key}={_shown(given[key])} must be true or false: pass "
+                            f"{prefix}.{key}=true or {prefix}.{key}=false")  # fmt: skip

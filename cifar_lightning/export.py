@@ -49,6 +49,7 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from cifar_lightning import provenance
+from cifar_lightning.config_checks import check_switches
 from cifar_lightning.errors import UserError
 from cifar_lightning.fileio import write_json
 from cifar_lightning.images import SIZE
@@ -190,6 +191,7 @@ def _run_record(ckpt_path: Path) -> dict[str, Any] | None:
 
 def export(cfg: DictConfig) -> Path:
     """export.py's task: the model file and its sidecar in the run folder; returns the file."""
+    check_switches(cfg, ("tta",))
     if cfg.format not in FORMATS:
         raise UserError(f"format={cfg.format!r} is not a format: use format=onnx or "
                         f"format=torch_export.")  # fmt: skip

@@ -37,6 +37,15 @@ def _hashes(dm: Any, name: str, dataset: Any) -> set[bytes]:
     return {flat[i : i + 16] for i in range(0, len(flat), 16)}
 
 
+def _check_setting(key: str, value: object, share: bool) -> None:
+    """A share is a number in [0, 1]; a count an integer >= 0 (bools are neither)."""
+    kind = (int, float) if share else int
+    ok = isinstance(value, kind) and not isinstance(value, bool)
+    if not ok or value < 0 or (share and value > 1):  # type: ignore[operator]
+        what = "a number in [0, 1]" if share else "an integer >= 0"
+        raise ValueError(f"health.{key} must be {what}, got {value!r}")
+
+
 class HealthCheck(L.Callback):
     def __init__(
         self,
@@ -48,6 +57,16 @@ class HealthCheck(L.Callback):
         loss_min_drop: float = 0.01,
         overlap_tolerance: float = 0.001,
     ) -> None:
+        # Checked here, not at the first validation a whole epoch later (ValueError: Hydra names
+        # the component).
+        for key, value in (("collapse_max_share", collapse_max_share),
+                           ("chance_margin", chance_margin), ("trained_margin", trained_margin),
+                           ("loss_min_drop", loss_min_drop),
+                           ("overlap_tolerance", overlap_tolerance)):  # fmt: skip
+            _check_setting(key, value, share=True)
+        _check_setting("loss_window_steps", loss_window_steps, share=False)
+        if collapse_min_classes is not None:
+            _check_setting("collapse_min_classes", collapse_min_classes, share=False)
         self.collapse_max_share = collapse_max_share
         self.collapse_min_classes = collapse_min_classes
         self.chance_margin = chance_margin

@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cifar_lightning import DISPLAY_NAMES
+from cifar_lightning.config_checks import check_module_options as check_options
+from cifar_lightning.errors import UserError
 from cifar_lightning.metrics import (
     ConfusionCounts,
     RunningMean,
@@ -77,8 +79,7 @@ class Classifier(L.LightningModule):
         self.tta_level = tta_level  # test-time augmentation in test_step (0: off; see tta.py)
         self.channels_last = channels_last
         self.train_resolution = train_resolution
-        if self.train_resolution and min(self.train_resolution) < 8:
-            raise ValueError(f"module.train_resolution: sizes must be >= 8, got {train_resolution}")
+        check_options(net, label_smoothing, tta_level, train_resolution)
         # torch.compile'd forward, set past nn.Module's registration so that it stays out of
         # the module tree: checkpoints hold `net.*` only, whether compiled or not. Static shapes:
         # a run sees a handful of batch shapes (train_resolution's sizes, a last partial eval
@@ -268,9 +269,14 @@ class Classifier(L.LightningModule):
     def configure_optimizers(self) -> Any:
         optimizer = self.build_optimizer()
         schedulers = []
-        total = int(self.trainer.estimated_stepping_batches)  # sets up the training batches
+        total = self.trainer.estimated_stepping_batches  # sets up the training batches
         if self.make_scheduler is not None:
-            schedulers.append(self.make_scheduler(optimizer, total))
+            if not math.isfinite(total):  # max_epochs=-1 without max_steps: no length to fit
+                raise UserError(
+                    "the learning-rate schedule needs the run's length: set "
+                    "trainer.max_steps=N or trainer.max_epochs=N, or scheduler=none"
+                )
+            schedulers.append(self.make_scheduler(optimizer, int(total)))
         # Groups with a schedule of their own (Network.param_groups' decay_epochs), in steps.
         epochs = {i: g["decay_epochs"] for i, g in enumerate(self._groups) if g.get("decay_epochs")}
         if epochs:

@@ -210,6 +210,7 @@ def train(cfg: DictConfig, extra_callbacks: ExtraCallbacks | None = None) -> flo
     job = sweep.check_job(cfg, out)
     if job.state == sweep.DONE:
         return results.selection_value(job.results)
+    config_checks.check_run(cfg)
     if cfg.retain_cpu_memory and not memory.retain_freed_memory():
         log.info("retain_cpu_memory: not glibc, left to the C library's allocator")
     if cfg.seed is not None and not isinstance(cfg.seed, int):
@@ -300,6 +301,8 @@ def load_trained(
                         f"can be read.")  # fmt: skip
     if data_root is not None:
         run_cfg.data.root = data_root
+    else:
+        config_checks.check_stored_data_root(run_cfg, str(ckpt_path))
     # The training run's seed (a drawn one, seed=null, is not in its config: the test set does
     # not depend on it).
     datamodule, module = build(run_cfg, run_cfg.get("seed") or 0)
@@ -323,9 +326,8 @@ def evaluate(cfg: DictConfig) -> float:
     if health is not None:
         health.reference_acc = best_val  # what the model showed when it was trained
     trainer_cfg = run_cfg.trainer
-    for key, value in cfg.trainer.items():  # the device may differ from the training run's
-        if value is not None:
-            trainer_cfg[key] = value
+    for key, value in config_checks.device_settings(cfg.trainer).items():
+        trainer_cfg[key] = value  # the device may differ from the training run's
     trainer = make_trainer(trainer_cfg, cfg.logger, [health] if health is not None else [], out,
                            run_cfg.get("matmul_precision"))  # fmt: skip
     test = run_test(trainer, module, datamodule)  # trainer.test checks, then loads, the data

@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from cifar_lightning import contact_sheet, images
+from cifar_lightning.config_checks import check_switches
 from cifar_lightning.data.augment import eval_transform
 from cifar_lightning.data.device_loader import DeviceBatches
 from cifar_lightning.data.loaders import ImageTensorDataset
@@ -132,6 +133,7 @@ def _check_options(cfg: DictConfig) -> None:
     if not isinstance(cfg.trust_model, bool):
         raise UserError(f"trust_model={cfg.trust_model!r}: use true or false (true: a .pt2 "
                         f"model_path is unpickled, only for files you made or trust).")  # fmt: skip
+    check_switches(cfg, ("tta", "figure"))
 
 
 def _read(

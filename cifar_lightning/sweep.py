@@ -182,8 +182,14 @@ def check_job(cfg: DictConfig, out_dir: Path) -> Job:
     )
     if job.state == DONE:
         log.info("skipped: finished earlier with the same overrides (results.json kept)")
-    elif job.state == RESUME:
+        return job
+    if job.state == RESUME:
         log.info("resuming from %s", job.ckpt)
+    stale = out_dir / RESULTS_NAME
+    if stale.exists():  # another run's (finished_results said why): gone before this one
+        # writes its checkpoints and log, so that a failure cannot leave a folder whose
+        # results.json names one run and whose checkpoints are another's.
+        stale.unlink()
     return job
 
 

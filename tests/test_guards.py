@@ -321,7 +321,7 @@ BAD_SETTINGS = [
     (["data.val_size=-1"], "data.val_size=-1 must be between 0 and"),
     (["data.loader=bogus"], "data.loader='bogus' is not an option"),
     (["optimizer=foo"], "Could not find 'optimizer/foo'. Available options in 'optimizer': adam,"),
-    (["data.foo=1"], "Could not override 'data.foo'. To append to your config use +data.foo=1"),
+    (["data.foo=1"], "data.foo is not a key of this config: check its spelling"),
     (["data.batch_size=["], "cannot parse the override 'data.batch_size=['"),
     (["module.train_resolution=[4]"], "cannot build module (cifar_lightning.module.Classifier)"),
     (["+model.foo=1"], "unexpected keyword argument 'foo'"),
@@ -329,6 +329,18 @@ BAD_SETTINGS = [
     (["data.download=false"], "CIFAR-10 is not under"),  # data.root: a folder without data
     (["matmul_precision=fast"], "matmul_precision='fast' is not an option: use auto"),
     (["health=off", "+health.loss_window_steps=40"], "configure no health check"),
+    (["test=no"], "test='no' is not a switch: pass test=true or test=false"),
+    (["train=false"], "train=false test=true tests a checkpoint, and none was given"),
+    (["trainer.max_epochs=0"], "trainer.max_epochs=0 trains nothing"),
+    (["module.tta_level=5"], "module.tta_level must be 0, 1 or 2"),
+    (["module.label_smoothing=2"], "module.label_smoothing must be in [0, 1]"),
+    (["module.train_resolution=[24,32]"], "SeedCNN takes 32x32 inputs only"),
+    (["health.collapse_max_share=abc"], "health.collapse_max_share must be a number in [0, 1]"),
+    (
+        ["scheduler=cosine", "trainer.max_epochs=-1", "trainer.max_time=00:00:00:05"],
+        "the learning-rate schedule needs the run's length",
+    ),
+    (["ckpt_path=."], "is a folder, not a .ckpt file"),
     pytest.param(["trainer=gpu"], "with trainer=cpu", marks=NO_GPU),
     pytest.param(["experiment=fast94"], "experiment=fast_cpu", marks=NO_GPU),
 ]
@@ -409,3 +421,71 @@ def test_a_checkpoint_without_a_running_metric_state_still_loads_its_weights():
     del saved["net.head.2.weight"]
     with pytest.raises(UserError, match="missing keys: net.head.2.weight"):
         checkpoint.restore_weights(make(), {"state_dict": saved}, "old.ckpt")
+
+
+def test_a_batch_file_that_asks_for_code_is_refused_and_nothing_runs(tmp_path):
+    # A pickle may name any callable to run as it loads; CIFAR-10's batches need only numpy's.
+    import os
+    import pickle
+
+    from cifar_lightning.data import readers
+    from cifar_lightning.errors import DataError
+    from tests.synthetic import write_torchvision_layout
+
+    root = write_torchvision_layout(tmp_path / "data")
+    assert len(readers.read_torchvision(root).train_y) == 400  # the real format still reads
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    (root / "cifar-10-batches-py" / "data_batch_1").write_bytes(pickle.dumps(Payload()))
+    with pytest.raises(DataError, match=r"asks to load \w+\.system, which a CIFAR-10 batch"):
+        readers.read_torchvision(root)
+    assert not marker.exists()
+
+
+def test_a_checkpoints_own_data_root_is_read_only_where_data_is(tmp_path):
+    from cifar_lightning.config_checks import check_stored_data_root
+
+    run_cfg = OmegaConf.create({"data": {"root": str(tmp_path / "made" / "by" / "file"),
+                                         "download": True}})  # fmt: skip
+    with pytest.raises(UserError, match="is not here: pass data.root=PATH"):
+        check_stored_data_root(run_cfg, "x.ckpt")
+    assert not (tmp_path / "made").exists()
+    run_cfg.data.root = str(tmp_path)
+    check_stored_data_root(run_cfg, "x.ckpt")
+    assert run_cfg.data.download is False  # no download into a place the file chose
+
+
+def test_another_scripts_run_folder_is_refused_before_hydra_writes_in_it(tmp_path):
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "hydra.yaml").write_text("hydra:\n  job:\n    name: train\n")
+    with pytest.raises(UserError, match=r"is a train.py run's folder: eval.py would overwrite"):
+        cli.check_cli([f"hydra.run.dir={run}"], app="eval")
+    cli.check_cli([f"hydra.run.dir={run}"], app="train")  # its own: a rerun or resume
+    cli.check_cli([f"hydra.run.dir={tmp_path / 'new'}"], app="eval")  # no record: fine
+
+
+def test_eval_may_change_the_device_only():
+    from cifar_lightning.config_checks import device_settings
+
+    assert device_settings({"accelerator": "cpu", "devices": None}) == {"accelerator": "cpu"}
+    with pytest.raises(UserError, match="not precision"):
+        device_settings({"accelerator": "cpu", "precision": "32-true"})  # from +trainer=cpu
+
+
+@pytest.mark.slow
+def test_cli_eval_into_a_train_runs_folder_is_refused_and_train_may_reuse_it(tmp_path):
+    # The scripts' own names, as run_main finds them behind hydra.main's wrapper.
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "hydra.yaml").write_text("hydra:\n  job:\n    name: train\n")
+    proc = run_cli("eval.py", "ckpt_path=x.ckpt", f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 2
+    [line] = error_lines(proc.stderr)
+    assert "is a train.py run's folder: eval.py would overwrite" in line
+    assert (tmp_path / ".hydra" / "hydra.yaml").read_text().endswith("name: train\n")
+    proc = run_cli("train.py", "seed=abc", f"hydra.run.dir={tmp_path}")  # past the folder check
+    assert proc.returncode == 2 and "seed='abc' is not an integer" in proc.stderr

@@ -39,6 +39,7 @@ class Network(nn.Module):
     """
 
     data_init_size: int = 0
+    any_input_size: bool = True  # takes inputs of any side (module.train_resolution); False: 32
 
     def param_groups(self) -> list[dict[str, Any]]:
         return default_param_groups(self)

@@ -25,6 +25,8 @@ def conv_block(c_in: int, c_mid: int, c_out: int) -> nn.Sequential:
 class SeedCNN(Network):
     """A plain Network: the default hooks."""
 
+    any_input_size = False  # its head flattens a 32x32 input's features into a fixed size
+
     def __init__(
         self,
         widths: Sequence[Sequence[int]] = ((32, 64), (64, 96), (96, 120)),
