@@ -137,6 +137,9 @@ def user_message(err: BaseException) -> str | None:
         return _built_message(err)
     if isinstance(err, MissingMandatoryValue):
         return f"{err.full_key} has no value (???): pass {err.full_key}=VALUE."
+    if isinstance(err, ValueError) and str(err).strip().startswith("`val_check_interval` ("):
+        # Lightning's check against the epoch's batch count, made only once the data is there.
+        return f"Lightning cannot use these trainer settings: {_one_line(str(err))}"
     return None
 
 
@@ -175,7 +178,8 @@ def cli_guard(task: Callable[[Any], Any], cfg: Any) -> Any:
         return task(cfg)
     except Exception as err:
         message = user_message(err)
-        if message is None:
+        if message is None:  # a bug: its traceback on the console, its last line in the log
+            _log_to_files(f"error: {type(err).__name__}: {_one_line(str(err))}")
             raise
         if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
             # Each failed job says so on the console as it ends; run_main prints the sweep's

@@ -341,6 +341,7 @@ BAD_SETTINGS = [
         "the learning-rate schedule needs the run's length",
     ),
     (["ckpt_path=."], "is a folder, not a .ckpt file"),
+    (["trainer.val_check_interval=5000"], "`val_check_interval` (5000) must be less than"),
     pytest.param(["trainer=gpu"], "with trainer=cpu", marks=NO_GPU),
     pytest.param(["experiment=fast94"], "experiment=fast_cpu", marks=NO_GPU),
 ]
@@ -489,3 +490,21 @@ def test_cli_eval_into_a_train_runs_folder_is_refused_and_train_may_reuse_it(tmp
     assert (tmp_path / ".hydra" / "hydra.yaml").read_text().endswith("name: train\n")
     proc = run_cli("train.py", "seed=abc", f"hydra.run.dir={tmp_path}")  # past the folder check
     assert proc.returncode == 2 and "seed='abc' is not an integer" in proc.stderr
+
+
+def test_a_bug_keeps_its_traceback_and_the_run_log_gets_its_last_line(tmp_path):
+    import logging
+
+    handler = logging.FileHandler(tmp_path / "train.log")
+    logging.getLogger().addHandler(handler)
+
+    def task(cfg):  # noqa: ANN001, ANN202
+        raise RuntimeError("boom\nsecond line")
+
+    try:
+        with pytest.raises(RuntimeError, match="boom"):
+            cli.cli_guard(task, None)
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+    assert "error: RuntimeError: boom" in (tmp_path / "train.log").read_text()
