@@ -111,7 +111,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             error = str(err).splitlines()[0]
         finally:
             torch.cuda.set_sync_debug_mode("default")
-    ok = error is None and trainer.global_step == args.steps
+    # A pass that checked nothing proves nothing: each part with a batch past its first must
+    # have had it checked.
+    tested = sum(trainer.num_test_batches) > 1
+    ok = (error is None and trainer.global_step == args.steps and guard.checked > 0
+          and (guard.checked_test > 0 or not tested))  # fmt: skip
     print(
         f"{args.experiment}: {trainer.global_step} steps, {guard.checked} of them and "
         f"{guard.checked_test} test batches under set_sync_debug_mode('error'): "

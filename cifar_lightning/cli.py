@@ -105,8 +105,9 @@ def _trainer_message(err: MisconfigurationException) -> str:
         else:  # a trained run's own trainer settings, of which only the device may change
             message += (
                 f" This machine has no GPU: run {job}.py on the CPU with trainer.accelerator=cpu"
-                f" (the run's other trainer settings, precision included, stay)."
-            )
+                + (" (the run's other trainer settings, precision included, stay)." if
+                   job == "eval" else ".")
+            )  # fmt: skip
     return message
 
 
@@ -149,13 +150,17 @@ def config_message(err: BaseException) -> str | None:
         return f"cannot parse the override {err.override!r}: {_one_line(err.message)}"
     if isinstance(err, HydraException | OmegaConfBaseException):
         message = _one_line(str(err))
-        unknown = re.match(r"Could not override '([^']+)'\. (To append|No match in the defaults)",
-                           message)  # fmt: skip
-        if unknown:  # Hydra's "+key" hint would add a key that nothing reads: a typo kept
-            key = unknown.group(1)
-            return (f"{key} is not a key of this config: check its spelling (python "
-                    f"{_script()} --cfg job lists the keys; a group's option is chosen with "
-                    f"group=option).")  # fmt: skip
+        unknown = re.match(r"Could not override '([^']+)'\. (To append|No match)", message)
+        # Hydra's "+key" hint would add a key that nothing reads (a typo kept), except under
+        # trainer, where any Lightning Trainer argument may be added that way.
+        if unknown and unknown.group(2) == "No match":
+            group, script = unknown.group(1), _script()
+            device = " (the device: trainer.accelerator=cpu or gpu)" if group == "trainer" else ""
+            return (f"{script} has no config group {group}{device}: check the spelling (python "
+                    f"{script} --help lists its groups).")  # fmt: skip
+        if unknown and not unknown.group(1).startswith("trainer."):
+            return (f"{unknown.group(1)} is not a key of this config: check its spelling "
+                    f"(python {_script()} --cfg job lists the keys).")  # fmt: skip
         if isinstance(err.__cause__, OmegaConfBaseException):
             message += f" ({_one_line(str(err.__cause__))})"
         return message

@@ -196,9 +196,9 @@ def check_run(cfg: DictConfig) -> None:
 
 
 def check_stored_data_root(run_cfg: DictConfig, source: str) -> None:
-    """A checkpoint's own data.root, used when the command gives none: read only where the data
-    already is. The file does not get to make folders or download into a place it names."""
-    run_cfg.data.download = False
+    """A checkpoint's own data.root, used by eval.py when the command gives none: read only
+    where the data already is (load_trained has switched its download off). The file does not
+    get to make folders or download into a place it names."""
     if not Path(run_cfg.data.root).is_dir():
         raise UserError(
             f"the data folder {source}'s run was trained on, {run_cfg.data.root}, is not here: "
@@ -218,7 +218,11 @@ def check_module_options(
                          f"{tta_level!r}")  # fmt: skip
     if train_resolution and min(train_resolution) < 8:
         raise ValueError(f"module.train_resolution: sizes must be >= 8, got {train_resolution}")
-    if train_resolution and not getattr(net, "any_input_size", True):
+    if (
+        train_resolution
+        and set(train_resolution) != {32}
+        and not getattr(net, "any_input_size", True)
+    ):
         raise ValueError(
             f"module.train_resolution: {type(net).__name__} takes 32x32 inputs only; use a "
             f"network that takes any size (model=fastnet, model=resnet18) or "
@@ -227,17 +231,19 @@ def check_module_options(
 
 
 DEVICE_KEYS = ("accelerator", "devices", "strategy", "num_nodes")
+DISPLAY_KEYS = ("enable_progress_bar", "enable_model_summary")  # change no figure
 
 
 def device_settings(trainer: Mapping[str, Any]) -> dict[str, Any]:
     """eval.py's trainer settings that replace the run's (those not null). Only the device may
     change: other keys (from +trainer=cpu, say) would test otherwise than the run did."""
-    others = sorted(k for k, v in trainer.items() if k not in DEVICE_KEYS and v is not None)
+    free = (*DEVICE_KEYS, *DISPLAY_KEYS)
+    others = sorted(k for k, v in trainer.items() if k not in free and v is not None)
     if others:
         raise UserError(
-            f"eval.py tests as the training run did: of its trainer settings only "
-            f"{', '.join(DEVICE_KEYS)} may change, not {', '.join(others)}. Pass only those, "
-            f"e.g. trainer.accelerator=cpu."
+            f"eval.py tests as the training run did: of its trainer settings only the device "
+            f"({', '.join(DEVICE_KEYS)}) and the display ({', '.join(DISPLAY_KEYS)}) may "
+            f"change, not {', '.join(others)}. Pass only those, e.g. trainer.accelerator=cpu."
         )
     return {k: v for k, v in trainer.items() if v is not None}
 

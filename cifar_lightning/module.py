@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cifar_lightning import DISPLAY_NAMES
-from cifar_lightning.config_checks import check_module_options as check_options
+from cifar_lightning.config_checks import check_module_options
 from cifar_lightning.errors import UserError
 from cifar_lightning.metrics import (
     ConfusionCounts,
@@ -79,7 +79,7 @@ class Classifier(L.LightningModule):
         self.tta_level = tta_level  # test-time augmentation in test_step (0: off; see tta.py)
         self.channels_last = channels_last
         self.train_resolution = train_resolution
-        check_options(net, label_smoothing, tta_level, train_resolution)
+        check_module_options(net, label_smoothing, tta_level, train_resolution)
         # torch.compile'd forward, set past nn.Module's registration so that it stays out of
         # the module tree: checkpoints hold `net.*` only, whether compiled or not. Static shapes:
         # a run sees a handful of batch shapes (train_resolution's sizes, a last partial eval

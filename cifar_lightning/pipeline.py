@@ -231,6 +231,8 @@ def train(cfg: DictConfig, extra_callbacks: ExtraCallbacks | None = None) -> flo
     if cfg.train and cfg.tune_lr:
         tune_lr(trainer, module, datamodule)
     if cfg.train:
+        if trainer.is_global_zero:  # after every check that can refuse the run
+            sweep.drop_results(out)
         start = time.perf_counter()
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         fit_seconds = time.perf_counter() - start
@@ -240,13 +242,10 @@ def train(cfg: DictConfig, extra_callbacks: ExtraCallbacks | None = None) -> flo
     if cfg.train and ckpt_cb is not None and ckpt_cb.best_model_path:
         tested = ckpt_cb.best_model_path
     elif cfg.train and not trainer.fast_dev_run:
-        # No best-by-validation checkpoint (no validation split, or no model_checkpoint
-        # callback): the model after the last step is the one to test. Saved after fit, so
-        # end-of-training callbacks (weight averaging) are in it, and eval.py can reproduce the
-        # test. On one device the module in memory holds exactly the weights just saved
-        # (tests/test_tested_model.py): tested as it is, without reading the file back. Under
-        # DDP each rank's last forward updated its own batch-norm statistics, and the file
-        # holds rank 0's: every rank reads it.
+        # No best-by-validation checkpoint: the model after the last step is tested, saved after
+        # fit (weight averaging's end in it) for eval.py. On one device the module in memory
+        # holds exactly those weights (tests/test_tested_model.py): tested as it is. Under DDP
+        # each rank's last forward updated its own batch-norm statistics: all read rank 0's.
         tested = str(out / "checkpoints" / "last.ckpt")
         in_memory = trainer.world_size == 1
         last = [c for c in trainer.callbacks if isinstance(c, LastCheckpoint)]
@@ -259,9 +258,8 @@ def train(cfg: DictConfig, extra_callbacks: ExtraCallbacks | None = None) -> flo
     elif tested is not None and not in_memory:
         checkpoint.restore_weights(module, checkpoint.load(tested), tested)
 
-    best_val = None
-    if ckpt_cb is not None and ckpt_cb.best_model_score is not None:
-        best_val = float(ckpt_cb.best_model_score)
+    score = ckpt_cb.best_model_score if ckpt_cb is not None else None
+    best_val = None if score is None else float(score)
     if not cfg.test and getattr(datamodule, "train_set", None) is None:
         # after_fit_figures reads the data, which a train=false run has not loaded (a fit's
         # ranks all have: under DDP only one per node checked it, and none need check again)
@@ -301,8 +299,8 @@ def load_trained(
                         f"can be read.")  # fmt: skip
     if data_root is not None:
         run_cfg.data.root = data_root
-    else:
-        config_checks.check_stored_data_root(run_cfg, str(ckpt_path))
+    else:  # the file's own data.root: never downloaded into (eval.py checks it is here)
+        run_cfg.data.download = False
     # The training run's seed (a drawn one, seed=null, is not in its config: the test set does
     # not depend on it).
     datamodule, module = build(run_cfg, run_cfg.get("seed") or 0)
@@ -317,6 +315,8 @@ def evaluate(cfg: DictConfig) -> float:
     provenance.code_at_start()  # read before a long run (train.py has read it before Hydra)
     out = output_dir()
     ckpt, run_cfg, datamodule, module = load_trained(cfg.ckpt_path, cfg.data.root)
+    if cfg.data.root is None:  # predict.py and export.py read no data: only eval.py checks
+        config_checks.check_stored_data_root(run_cfg, str(cfg.ckpt_path))
     best_val = None
     for state in ckpt.get("callbacks", {}).values():
         if state.get("monitor") is not None and state.get("best_model_score") is not None:

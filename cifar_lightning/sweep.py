@@ -100,6 +100,13 @@ def finished_results(
     return results
 
 
+def drop_results(out_dir: Path) -> None:
+    """Remove the folder's results.json before a run fits there: a finished run of the same
+    overrides was skipped (check_job), so it is another run's, and a run that then fails must
+    not leave it naming other settings beside its own checkpoints and log."""
+    (out_dir / RESULTS_NAME).unlink(missing_ok=True)
+
+
 def last_checkpoint(out_dir: Path) -> Path | None:
     path = out_dir / "checkpoints" / "last.ckpt"
     return path if path.is_file() else None
@@ -182,14 +189,8 @@ def check_job(cfg: DictConfig, out_dir: Path) -> Job:
     )
     if job.state == DONE:
         log.info("skipped: finished earlier with the same overrides (results.json kept)")
-        return job
-    if job.state == RESUME:
+    elif job.state == RESUME:
         log.info("resuming from %s", job.ckpt)
-    stale = out_dir / RESULTS_NAME
-    if stale.exists():  # another run's (finished_results said why): gone before this one
-        # writes its checkpoints and log, so that a failure cannot leave a folder whose
-        # results.json names one run and whose checkpoints are another's.
-        stale.unlink()
     return job
 
 

@@ -447,17 +447,21 @@ def test_a_batch_file_that_asks_for_code_is_refused_and_nothing_runs(tmp_path):
     assert not marker.exists()
 
 
-def test_a_checkpoints_own_data_root_is_read_only_where_data_is(tmp_path):
+def test_a_checkpoints_own_data_root_is_never_downloaded_into_and_eval_needs_it_here(
+    trained_run, tmp_path
+):
     from cifar_lightning.config_checks import check_stored_data_root
+    from cifar_lightning.pipeline import load_trained
 
-    run_cfg = OmegaConf.create({"data": {"root": str(tmp_path / "made" / "by" / "file"),
-                                         "download": True}})  # fmt: skip
-    with pytest.raises(UserError, match="is not here: pass data.root=PATH"):
-        check_stored_data_root(run_cfg, "x.ckpt")
-    assert not (tmp_path / "made").exists()
-    run_cfg.data.root = str(tmp_path)
-    check_stored_data_root(run_cfg, "x.ckpt")
+    ckpt = torch.load(trained_run / "checkpoints" / "last.ckpt", weights_only=True)
+    ckpt["run_config"]["data"].update(root=str(tmp_path / "made" / "by" / "file"), download=True)
+    torch.save(ckpt, tmp_path / "moved.ckpt")
+    # predict.py and export.py read no data: the run's folder need not be here.
+    _, run_cfg, _, _ = load_trained(tmp_path / "moved.ckpt")
     assert run_cfg.data.download is False  # no download into a place the file chose
+    with pytest.raises(UserError, match="is not here: pass data.root=PATH"):
+        check_stored_data_root(run_cfg, "moved.ckpt")  # eval.py's test needs it
+    assert not (tmp_path / "made").exists()
 
 
 def test_another_scripts_run_folder_is_refused_before_hydra_writes_in_it(tmp_path):
@@ -476,6 +480,16 @@ def test_eval_may_change_the_device_only():
     assert device_settings({"accelerator": "cpu", "devices": None}) == {"accelerator": "cpu"}
     with pytest.raises(UserError, match="not precision"):
         device_settings({"accelerator": "cpu", "precision": "32-true"})  # from +trainer=cpu
+    assert device_settings({"enable_progress_bar": False}) == {"enable_progress_bar": False}
+
+
+def test_a_fixed_size_network_takes_a_train_resolution_of_its_own_size_only():
+    from cifar_lightning.config_checks import check_module_options
+    from cifar_lightning.models.seed_cnn import SeedCNN
+
+    check_module_options(SeedCNN(), 0.0, 0, [32])  # changes nothing: accepted
+    with pytest.raises(ValueError, match="SeedCNN takes 32x32 inputs only"):
+        check_module_options(SeedCNN(), 0.0, 0, [24, 32])
 
 
 @pytest.mark.slow
@@ -508,3 +522,27 @@ def test_a_bug_keeps_its_traceback_and_the_run_log_gets_its_last_line(tmp_path):
         logging.getLogger().removeHandler(handler)
         handler.close()
     assert "error: RuntimeError: boom" in (tmp_path / "train.log").read_text()
+
+
+def test_another_runs_results_go_when_a_run_fits_in_its_folder_not_when_refused(
+    folder_root, tmp_path, capsys, monkeypatch
+):
+    # A run that then fails must not leave a results.json naming other settings beside its own
+    # checkpoints and log; one refused before it starts leaves the folder as it was.
+    from cifar_lightning.module import Classifier
+
+    out = tmp_path / "run"
+    out.mkdir()
+    results = out / "results.json"
+    results.write_text('{"overrides": ["seed=5"]}')
+    base = [f"data.root={folder_root}", "data.num_workers=0", "data.val_size=50"]
+    code, _ = run_in_process([*base, "test=no"], out, capsys, monkeypatch)
+    assert code == 2 and results.exists()
+
+    def failing(self, batch, batch_idx):  # noqa: ANN001, ANN202
+        raise UserError("the step failed")
+
+    monkeypatch.setattr(Classifier, "training_step", failing)
+    code, stderr = run_in_process(base, out, capsys, monkeypatch)
+    assert code == 2 and "the step failed" in stderr
+    assert not results.exists()

@@ -181,7 +181,8 @@ def test_an_older_checkpoints_running_accuracy_counts_carry_over():
 def test_evaluation_sums_equal_torchmetrics_figures_to_the_bit(dtype):
     # What validation and test logged with torchmetrics' metrics before (they read values back
     # in every batch): the same figures from the project's sums, a partial last batch, a class
-    # with no images (8) and the loss in bf16 (precision=bf16-true) included.
+    # with no images (8) and a bf16 loss included. (Under precision=bf16-true Lightning also
+    # cast torchmetrics' sums to bf16; the project's stay float32, so there they differ.)
     from torchmetrics import MeanMetric
     from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 

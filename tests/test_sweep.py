@@ -203,24 +203,6 @@ def test_an_explicit_ckpt_path_wins_over_the_folder(tmp_path: Path):
     assert check_job(cfg, tmp_path).state == NEW
 
 
-def test_another_runs_results_go_before_a_job_runs_in_its_folder(tmp_path: Path, monkeypatch):
-    # A job that then fails must not leave a results.json naming another run's settings beside
-    # its own checkpoints and log (the report would credit them to that run).
-    from types import SimpleNamespace as NS
-
-    hydra = NS(
-        overrides=NS(task=["seed=2"]), job=NS(config=NS(override_dirname=NS(exclude_keys=[])))
-    )
-    monkeypatch.setattr("cifar_lightning.sweep.HydraConfig.get", lambda: hydra)
-    cfg = OmegaConf.create({"ckpt_path": None, "train": True, "seed": 2})
-    write_results(tmp_path, ["seed=1"])
-    assert check_job(cfg, tmp_path).state == NEW
-    assert not (tmp_path / "results.json").exists()
-    write_results(tmp_path, ["seed=2"])  # this job's own: finished, kept
-    assert check_job(cfg, tmp_path).state == DONE
-    assert (tmp_path / "results.json").exists()
-
-
 def test_sacct_errors_become_one_line_that_says_what_they_mean(caplog: pytest.LogCaptureFixture):
     import logging
 
