@@ -93,7 +93,7 @@ def _causes(err: BaseException) -> list[BaseException]:
     return chain
 
 
-def _trainer_message(err: MisconfigurationException) -> str:
+def _trainer_message(err: BaseException) -> str:
     message = f"Lightning cannot use these trainer settings: {_one_line(str(err))}"
     if not torch.cuda.is_available() and re.search(r"gpu|cuda", str(err), re.IGNORECASE):
         job = HydraConfig.get().job.name if HydraConfig.initialized() else "train"
@@ -139,13 +139,12 @@ def user_message(err: BaseException) -> str | None:
     if isinstance(err, MissingMandatoryValue):
         return f"{err.full_key} has no value (???): pass {err.full_key}=VALUE."
     if isinstance(err, ValueError) and str(err).strip().startswith("`val_check_interval` ("):
-        # Lightning's check against the epoch's batch count, made only once the data is there.
-        return f"Lightning cannot use these trainer settings: {_one_line(str(err))}"
+        return _trainer_message(err)  # Lightning's check against the epoch's batch count
     return None
 
 
-def config_message(err: BaseException) -> str | None:
-    """The one-line message of an error Hydra raised while composing the config."""
+def config_message(err: BaseException, app: str = "train") -> str | None:
+    """The one-line message of an error Hydra raised while composing `app`.py's config."""
     if isinstance(err, OverrideParseException):
         return f"cannot parse the override {err.override!r}: {_one_line(err.message)}"
     if isinstance(err, HydraException | OmegaConfBaseException):
@@ -154,21 +153,17 @@ def config_message(err: BaseException) -> str | None:
         # Hydra's "+key" hint would add a key that nothing reads (a typo kept), except under
         # trainer, where any Lightning Trainer argument may be added that way.
         if unknown and unknown.group(2) == "No match":
-            group, script = unknown.group(1), _script()
+            group, script = unknown.group(1), f"{app}.py"
             device = " (the device: trainer.accelerator=cpu or gpu)" if group == "trainer" else ""
             return (f"{script} has no config group {group}{device}: check the spelling (python "
                     f"{script} --help lists its groups).")  # fmt: skip
         if unknown and not unknown.group(1).startswith("trainer."):
             return (f"{unknown.group(1)} is not a key of this config: check its spelling "
-                    f"(python {_script()} --cfg job lists the keys).")  # fmt: skip
+                    f"(python {app}.py --cfg job lists the keys).")  # fmt: skip
         if isinstance(err.__cause__, OmegaConfBaseException):
             message += f" ({_one_line(str(err.__cause__))})"
         return message
     return None
-
-
-def _script() -> str:
-    return Path(sys.argv[0]).name if sys.argv[0].endswith(".py") else "train.py"
 
 
 def cli_guard(task: Callable[[Any], Any], cfg: Any) -> Any:
@@ -218,8 +213,9 @@ def run_main(hydra_main: Callable[[], Any], argv: list[str]) -> None:
     raises instead, which lets this print it as one line and exit 2. Only errors raised before
     the task ran are read as config errors: one from inside the task is a bug unless
     user_message says otherwise, and keeps its traceback."""
+    app = Path(inspect.getfile(inspect.unwrap(hydra_main))).stem  # train, eval, ...: Hydra's job
     try:
-        check_cli(argv, app=Path(inspect.getfile(inspect.unwrap(hydra_main))).stem)
+        check_cli(argv, app=app)
     except UserError as err:
         exit_with(str(err))
     provenance.code_at_start()  # the code this process imported, before a long sweep goes on
@@ -234,7 +230,7 @@ def run_main(hydra_main: Callable[[], Any], argv: list[str]) -> None:
     except Exception as err:
         # A UserError outside the task: the sweeper's (e.g. an unreachable study storage).
         in_task = _in_task(err) or isinstance(err, UserError)
-        message = user_message(err) if in_task else config_message(err)
+        message = user_message(err) if in_task else config_message(err, app)
         if message is None:
             raise
         exit_with(message)

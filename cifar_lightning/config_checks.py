@@ -25,6 +25,7 @@ from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from cifar_lightning.errors import UserError
+from cifar_lightning.tta import LEVELS as TTA_LEVELS
 
 # Modules whose own classes and functions a config may name. Matched against where the object
 # is *defined* (its __module__), not where it is looked up: `cifar_lightning.callbacks.Path`
@@ -213,7 +214,7 @@ def check_module_options(
     the TTA level, at the test after the whole fit (ValueError: Hydra names the component)."""
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"module.label_smoothing must be in [0, 1], got {label_smoothing}")
-    if tta_level not in (0, 1, 2) or isinstance(tta_level, bool):
+    if tta_level not in TTA_LEVELS or isinstance(tta_level, bool):
         raise ValueError(f"module.tta_level must be 0, 1 or 2 (cifar_lightning/tta.py), got "
                          f"{tta_level!r}")  # fmt: skip
     if train_resolution and min(train_resolution) < 8:
@@ -248,7 +249,7 @@ def device_settings(trainer: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in trainer.items() if v is not None}
 
 
-def _shown(value: Any) -> str:
+def as_override(value: Any) -> str:
     """A value as a command-line override spells it."""
     if isinstance(value, bool) or value is None:
         return {True: "true", False: "false", None: "null"}[value]
@@ -275,9 +276,9 @@ def check_types(
         ):
             continue
         also = " or null" if key in nullable else ""
-        raise UserError(f"{prefix}.{key}={_shown(value)} must be an integer{also}: pass e.g. "
-                        f"{prefix}.{key}={_shown(examples[key])}")  # fmt: skip
+        raise UserError(f"{prefix}.{key}={as_override(value)} must be an integer{also}: pass e.g. "
+                        f"{prefix}.{key}={as_override(examples[key])}")  # fmt: skip
     for key in bools:
         if not isinstance(given[key], bool):
-            raise UserError(f"{prefix}.{key}={_shown(given[key])} must be true or false: pass "
+            raise UserError(f"{prefix}.{key}={as_override(given[key])} must be true or false: pass "
                             f"{prefix}.{key}=true or {prefix}.{key}=false")  # fmt: skip

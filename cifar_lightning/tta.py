@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+LEVELS = (0, 1, 2)  # none; flips; flips and 1-pixel translations (tta_logits)
+
 
 def tta_logits(net: nn.Module, x: Tensor, level: int = 2) -> Tensor:
     """Logits of `net` on `x` averaged over test-time augmentations, as airbench94 does.
@@ -23,7 +25,7 @@ def tta_views(net: nn.Module, x: Tensor, level: int = 2) -> tuple[Tensor, Tensor
     """(tta_logits(net, x, level), net(x)): the plain view's logits come free with every level,
     so a test with TTA also gives the figures without it, exactly as a pass of `net` at level 0
     would."""
-    if level not in (0, 1, 2):
+    if level not in LEVELS:
         raise ValueError(f"tta level must be 0, 1 or 2, got {level}")
     plain = net(x)
     if level == 0:

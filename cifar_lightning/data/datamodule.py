@@ -15,7 +15,7 @@ from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader
 
 from cifar_lightning import CLASSES
-from cifar_lightning.config_checks import check_types
+from cifar_lightning.config_checks import as_override, check_types
 from cifar_lightning.data.augment import AugmentPreset, eval_transform, train_transform
 from cifar_lightning.data.batch_augment import BatchAugment
 from cifar_lightning.data.device_loader import DeviceBatches
@@ -59,8 +59,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         """`seed`: the run's seed (what seed_everything returned)."""
         super().__init__()
         if not isinstance(root, str | PathLike):
-            shown = "null" if root is None else repr(root)
-            raise UserError(f"data.root={shown} is not a path: pass data.root=FOLDER")
+            raise UserError(f"data.root={as_override(root)} is not a path: pass data.root=FOLDER")
         examples = {k: p.default for k, p in inspect.signature(type(self)).parameters.items()}
         check_types("data", locals(), INT_KEYS, BOOL_KEYS, examples, nullable=("train_size",))
         if loader not in ("torch", "device"):
