@@ -171,12 +171,18 @@ def check_health(cfg: DictConfig) -> None:
 RUN_SWITCHES = ("train", "test", "tune_lr", "retain_cpu_memory", "module.channels_last")
 
 
+def switch_error(key: str, value: Any, why: str = "") -> UserError:
+    """The one message for a switch set to something other than true or false."""
+    return UserError(f"{key}={as_override(value)} is not a switch: pass {key}=true or "
+                     f"{key}=false{why}.")  # fmt: skip
+
+
 def check_switches(cfg: DictConfig, keys: Sequence[str]) -> None:
     """Each of `keys` that is set is true or false, not a string or a number."""
     for key in keys:
         value = OmegaConf.select(cfg, key)
         if value is not None and not isinstance(value, bool):
-            raise UserError(f"{key}={value!r} is not a switch: pass {key}=true or {key}=false.")
+            raise switch_error(key, value)
 
 
 def check_run(cfg: DictConfig) -> None:
@@ -280,5 +286,4 @@ def check_types(
                         f"{prefix}.{key}={as_override(examples[key])}")  # fmt: skip
     for key in bools:
         if not isinstance(given[key], bool):
-            raise UserError(f"{prefix}.{key}={as_override(given[key])} must be true or false: pass "
-                            f"{prefix}.{key}=true or {prefix}.{key}=false")  # fmt: skip
+            raise switch_error(f"{prefix}.{key}", given[key])

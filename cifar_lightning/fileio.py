@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
+
+from cifar_lightning.errors import UserError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -29,9 +32,26 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual mode
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if _disk_full(err):
+            raise UserError(
+                f"no space left to write {path}: its folder's disk (or quota) is full. Nothing "
+                f"was replaced (a file already there is as it was); free some space and rerun."
+            ) from err
         raise
+
+
+def _disk_full(err: BaseException) -> bool:
+    """Whether a write failed for want of space. torch.save reports it as a RuntimeError
+    ("unexpected pos ...") raised while handling the file's OSError: the chain is searched."""
+    seen: list[BaseException] = []
+    while err is not None and len(seen) < 20:
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        seen.append(err)
+        err = err.__cause__ or err.__context__
+    return False
 
 
 def write_json(path: str | Path, obj: Any) -> None:

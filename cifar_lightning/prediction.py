@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from cifar_lightning import contact_sheet, images
-from cifar_lightning.config_checks import check_switches
+from cifar_lightning.config_checks import check_switches, switch_error
 from cifar_lightning.data.augment import eval_transform
 from cifar_lightning.data.device_loader import DeviceBatches
 from cifar_lightning.data.loaders import ImageTensorDataset
@@ -131,8 +131,8 @@ def _check_options(cfg: DictConfig) -> None:
     if cfg.batch_size is not None and (not isinstance(cfg.batch_size, int) or cfg.batch_size < 1):
         raise UserError(f"batch_size={cfg.batch_size!r} must be a whole number >= 1, or null.")
     if not isinstance(cfg.trust_model, bool):
-        raise UserError(f"trust_model={cfg.trust_model!r}: use true or false (true: a .pt2 "
-                        f"model_path is unpickled, only for files you made or trust).")  # fmt: skip
+        raise switch_error("trust_model", cfg.trust_model, " (true unpickles a .pt2 model_path: "
+                           "only for files you made or trust)")  # fmt: skip
     check_switches(cfg, ("tta", "figure"))
 
 

@@ -159,6 +159,45 @@ def test_an_interrupted_checkpoint_save_leaves_the_previous_checkpoint(tmp_path,
     assert torch.equal(checkpoint.load(path)["state_dict"]["w"], GOOD["state_dict"]["w"])
 
 
+class _FullDisk(io.RawIOBase):
+    """A file on a disk that fills up after its first 1,000 bytes."""
+
+    def __init__(self, f) -> None:  # noqa: ANN001
+        self.f, self.written = f, 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:  # noqa: ANN001
+        if self.written + len(b) > 1000:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.written += len(b)
+        return self.f.write(b)
+
+
+def test_a_full_disk_is_one_clear_error_and_leaves_the_previous_file(tmp_path, monkeypatch):
+    # torch.save reports a full disk as "RuntimeError: ... unexpected pos 704 vs 598", raised
+    # while handling the OSError: the error names the disk and the file instead.
+    path = tmp_path / "last.ckpt"
+    checkpoint.AtomicCheckpointIO().save_checkpoint(GOOD, path)
+    monkeypatch.setattr(torch, "save", lambda obj, f: _TORCH_SAVE(obj, _FullDisk(f)))
+    with pytest.raises(UserError, match=r"no space left to write .*last\.ckpt.*free some space"):
+        checkpoint.AtomicCheckpointIO().save_checkpoint(NEW, path)
+    assert torch.equal(checkpoint.load(path)["state_dict"]["w"], GOOD["state_dict"]["w"])
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary file left
+    # A plain OSError (results.json and the other files written the same way)...
+    from cifar_lightning.fileio import atomic_write
+
+    with pytest.raises(UserError, match="no space left to write"):
+        atomic_write(tmp_path / "results.json", lambda f: _FullDisk(f).write(b"x" * 2000))
+    assert not (tmp_path / "results.json").exists()
+    # ...but any other failure keeps its own error.
+    with pytest.raises(OSError, match="Input/output"):
+        atomic_write(
+            path, lambda f: (_ for _ in ()).throw(OSError(errno.EIO, os.strerror(errno.EIO)))
+        )
+
+
 def test_lightnings_checkpoint_io_truncates_the_previous_one_across_filesystems(
     tmp_path, monkeypatch
 ):
