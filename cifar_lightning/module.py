@@ -48,9 +48,10 @@ class Classifier(L.LightningModule):
         """train_resolution: the side length of the training inputs in each epoch (progressive
         resizing; the last entry holds for the remaining epochs). Batches are resized on the
         device, after augmentation; validation and test always see the full images. None: the
-        images' own size throughout. compile: torch.compile the network, in torch's default
-        mode (true) or in the mode named (e.g. "max-autotune", the reference recipes' choice:
-        longer compilation, autotuned kernels and CUDA graphs); false: eager."""
+        images' own size throughout. compile: torch.compile the network for training, in torch's
+        default mode (true) or in the mode named (e.g. "max-autotune", the reference recipes'
+        choice: longer compilation, autotuned kernels and CUDA graphs); false: eager.
+        Evaluation (validation, test, predict) always runs eager (forward)."""
         super().__init__()
         # The network, optimizer and schedule live in the run config stored in each checkpoint;
         # hparams keep the plain values only, so checkpoints load with weights_only=True. Hydra
@@ -112,8 +113,12 @@ class Classifier(L.LightningModule):
             super().__setattr__(name, value)
 
     def forward(self, x: Tensor) -> Tensor:
+        # module.compile speeds up training only. Evaluation runs the network eager, as eval.py
+        # and predict.py do, so they repeat a test to the last digit without compiling (the
+        # reference's max-autotune takes minutes), and a test compiles no graph of its own.
         # `is None`, not `or`: a compiled module has no truth value (bool() asks for its len()).
-        return (self.net if self._compiled is None else self._compiled)(x)
+        eager = self._compiled is None or not self.training
+        return (self.net if eager else self._compiled)(x)
 
     def setup(self, stage: str) -> None:
         if self.channels_last:
@@ -203,9 +208,7 @@ class Classifier(L.LightningModule):
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
         x, y = self._inputs(batch)
         if self.tta_level:
-            logits, plain = tta_views(self.net, x, self.tta_level)  # eager, as eval_logits
-            if self._compiled is not None:  # the figure without TTA is the compiled module's,
-                plain = self(x)  # as a pass at level 0 (eval_logits) computes it
+            logits, plain = tta_views(self.net, x, self.tta_level)  # eager, as forward in eval
         else:
             logits = self(x)
         preds = logits.argmax(1)

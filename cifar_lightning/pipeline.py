@@ -297,6 +297,8 @@ def load_trained(
     if "data" not in run_cfg or "trainer" not in run_cfg:
         raise UserError(f"{ckpt_path} holds no run config; only checkpoints that train.py wrote "
                         f"can be read.")  # fmt: skip
+    if run_cfg.get("module") is not None and run_cfg.module.get("compile"):
+        run_cfg.module.compile = False  # nothing to compile: evaluation runs eager (forward)
     if data_root is not None:
         run_cfg.data.root = data_root
     else:  # the file's own data.root: never downloaded into (eval.py checks it is here)

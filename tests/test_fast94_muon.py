@@ -12,11 +12,12 @@ from typing import Any
 import pytest
 import pytorch_lightning as L
 import torch
+from omegaconf import OmegaConf
 
 from cifar_lightning import optim
 from cifar_lightning.models.fastnet import FastNet
 from cifar_lightning.module import Classifier
-from cifar_lightning.pipeline import build, build_callbacks, make_trainer
+from cifar_lightning.pipeline import build, build_callbacks, load_trained, make_trainer
 from tests.conftest import task_config
 
 # airbench94_muon.py's constants: loss summed over batches of BATCH, so its learning rates are
@@ -139,6 +140,38 @@ def test_the_recipe_trains_on_a_cpu_with_its_compile_modes(folder_root, tmp_path
     assert compile_calls.options_for(optim.orthogonalize) == [{"dynamic": False}]
     # No checkpoint inside the epochs (every_n_epochs: 0): one at the fit's end.
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_compile_speeds_up_training_only_and_a_checkpoint_loads_uncompiled(
+    folder_root, tmp_path, monkeypatch
+):
+    # The test runs the network eager, as eval.py and predict.py do: they repeat it to the last
+    # digit without compiling (max-autotune: minutes), and the test compiles no graph of its own.
+    calls = {"train": 0, "eval": 0, "compiled": 0}
+
+    def counting_compile(fn: Callable, **kwargs: Any) -> Callable:
+        if not isinstance(fn, torch.nn.Module):
+            return fn  # Muon's Newton-Schulz iteration
+
+        def compiled(x: torch.Tensor) -> torch.Tensor:
+            calls["train" if fn.training else "eval"] += 1
+            return fn(x)
+
+        calls["compiled"] += 1
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", counting_compile)
+    with recipe(folder_root, tmp_path, *TINY, "data.eval_batch_size=100") as cfg:
+        L.seed_everything(0)
+        datamodule, module = build(cfg, 0)
+        module.run_config = OmegaConf.to_container(cfg, resolve=True)  # as pipeline.train
+        trainer = make_trainer(cfg.trainer, None, build_callbacks(cfg, datamodule)[0], tmp_path)
+        trainer.fit(module, datamodule=datamodule)
+        trainer.test(module, datamodule=datamodule, verbose=False)
+    assert calls == {"train": 2, "eval": 0, "compiled": 1}
+    assert trainer.test_loop.batch_progress.total.completed > 0
+    _, run_cfg, _, loaded = load_trained(tmp_path / "checkpoints" / "last.ckpt")
+    assert calls["compiled"] == 1 and loaded._compiled is None and not run_cfg.module.compile
 
 
 @pytest.mark.parametrize(("setting", "mode"), [(True, None), ("max-autotune", "max-autotune"),
