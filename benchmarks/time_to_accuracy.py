@@ -197,6 +197,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                   "process_s": time.perf_counter() - began}  # fmt: skip
         print(f"warm-up done in {warmup['process_s']:.1f} s (compilations included)", flush=True)
     out = args.out.format(experiment=args.experiment)
+    if warmup is not None:  # its time (compilations) kept should a limit stop the first run
+        save({"runs": [], "complete": False, "warmup": warmup}, out)
     runs = []
     for seed, keep in zip(seeds, keeps, strict=True):
         runs.append(run(args, [*args.overrides, *seed], args.epoch_eval, keep))

@@ -130,6 +130,21 @@ def test_time_to_accuracy_keeps_the_seeds_done_when_a_later_one_is_stopped(tmp_p
     assert [r["seed"] for r in kept["runs"]] == [0, 1] and kept["complete"] is False
     assert kept["mean_on_clock_s"] == 3.0
 
+    # Stopped in its first timed run, a run with a warm-up keeps the warm-up's time.
+    def warm_then_stop(args, overrides, epoch_eval, keep=None):
+        if done:
+            raise KeyboardInterrupt
+        done.append("warm-up")
+        return {"on_clock_s": 9.0}
+
+    done.clear()
+    monkeypatch.setattr(time_to_accuracy, "run", warm_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        time_to_accuracy.main(["--experiment", "fast94", "--seeds", "0", "--warmup-steps", "5",
+                               f"--out={out}"])  # fmt: skip
+    kept = json.loads(out.read_text())
+    assert kept["runs"] == [] and kept["warmup"]["on_clock_s"] == 9.0 and not kept["complete"]
+
 
 SEEDS_THEN_OVERRIDES = ["--seeds", "0", "1", "2", "data.root=x", "trainer.max_epochs=2"]
 OVERRIDES_AROUND_SEEDS = ["data.root=x", "--seeds", "0", "1", "2", "trainer.max_epochs=2"]
