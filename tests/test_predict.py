@@ -360,7 +360,7 @@ def test_user_errors_are_one_line_and_exit_status_2(
         "no model": ([f"input={ckpt}"], "pass one of ckpt_path="),
         "untrusted": ([f"ckpt_path={untrusted}", f"input={ckpt}"], "is not trusted"),
         "resize": ([f"ckpt_path={ckpt}", f"input={ckpt}", "resize=zoom"], "not a method"),
-        "trust": ([f"ckpt_path={ckpt}", f"input={ckpt}", "trust_model=yes"], "true or false"),
+        "trust": ([f"ckpt_path={ckpt}", f"input={ckpt}", "trust_model=yes"], "is not a switch"),
     }
     for name, (overrides, message) in cases.items():
         code, err = in_process_cli(overrides, tmp_path / name, capsys, monkeypatch)
