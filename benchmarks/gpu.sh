@@ -81,7 +81,11 @@ fi
 #    set against step 1's on-clock time plus the time of `import pytorch_lightning, hydra`
 #    (run twice, ~12 s each, the second timed): the rest's target is 3 s (expected ~65 s, the
 #    script's own imports included)
-if [ -f "$clock" ]; then
+has_clock() {  # FILE holds an on-clock time (a run stopped in its warm-up's wake has none)
+    "$py" -c 'import json, sys; j = json.load(open(sys.argv[1]))
+sys.exit(not isinstance(j.get("mean_on_clock_s", j.get("on_clock_s")), (int, float)))' "$1" 2>/dev/null
+}
+if [ -f "$clock" ] && has_clock "$clock"; then
     step 70 90 "$py" benchmarks/wall_time.py --out "$out/wall_time_fast94.json" \
         --budget-from "$clock" -- experiment=fast94 data.root="$root"
 else  # step 1 failed: the process time alone
@@ -121,5 +125,7 @@ echo "== done in $(($(date +%s) - start)) s"
 # not a result, and one file more for a remote run to bring back.
 rm -f "$out"/.*.tmp
 exec >&- 2>&-
-wait "$tee_pid"
+# Bounded: a stray process still holding the pipe (outside a step's process group) would
+# otherwise keep tee, and this script, alive.
+for _ in $(seq 50); do kill -0 "$tee_pid" 2>/dev/null || break; sleep 0.1; done
 exit $failed

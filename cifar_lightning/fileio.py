@@ -24,7 +24,11 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:  # no inode left
+        _raise_if_disk_full(err, path)
+        raise
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -34,23 +38,31 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> None:
         os.replace(tmp, path)
     except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
-        if _disk_full(err):
-            raise UserError(
-                f"no space left to write {path}: its folder's disk (or quota) is full. Nothing "
-                f"was replaced (a file already there is as it was); free some space and rerun."
-            ) from err
+        _raise_if_disk_full(err, path)
         raise
 
 
+def _raise_if_disk_full(err: BaseException, path: Path) -> None:
+    if _disk_full(err):
+        raise UserError(
+            f"no space left to write {path}: its folder's disk (or quota) is full. Nothing was "
+            f"replaced (a file already there is as it was); free some space and rerun."
+        ) from err
+
+
 def _disk_full(err: BaseException) -> bool:
-    """Whether a write failed for want of space. torch.save reports it as a RuntimeError
-    ("unexpected pos ...") raised while handling the file's OSError: the chain is searched."""
-    seen: list[BaseException] = []
-    while err is not None and len(seen) < 20:
-        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+    """Whether a write failed for want of space (a Ctrl-C or exit that came meanwhile stays
+    itself). torch.save reports it as a RuntimeError ("unexpected pos ...") raised while
+    handling the file's OSError: the chain is searched."""
+    if not isinstance(err, Exception):
+        return False
+    cause: BaseException | None = err
+    for _ in range(20):  # a chain, never a cycle, but bounded all the same
+        if cause is None:
+            return False
+        if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
             return True
-        seen.append(err)
-        err = err.__cause__ or err.__context__
+        cause = cause.__cause__ or cause.__context__
     return False
 
 

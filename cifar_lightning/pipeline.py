@@ -297,15 +297,18 @@ def load_trained(
     if "data" not in run_cfg or "trainer" not in run_cfg:
         raise UserError(f"{ckpt_path} holds no run config; only checkpoints that train.py wrote "
                         f"can be read.")  # fmt: skip
-    if run_cfg.get("module") is not None and run_cfg.module.get("compile"):
-        run_cfg.module.compile = False  # nothing to compile: evaluation runs eager (forward)
     if data_root is not None:
         run_cfg.data.root = data_root
     else:  # the file's own data.root: never downloaded into (eval.py checks it is here)
         run_cfg.data.download = False
     # The training run's seed (a drawn one, seed=null, is not in its config: the test set does
     # not depend on it).
-    datamodule, module = build(run_cfg, run_cfg.get("seed") or 0)
+    # Built uncompiled (evaluation runs eager, Classifier.forward); the run config returned, and
+    # logged by eval.py, stays the training run's.
+    built = run_cfg
+    if run_cfg.get("module") is not None and run_cfg.module.get("compile"):
+        built = OmegaConf.merge(run_cfg, {"module": {"compile": False}})
+    datamodule, module = build(built, run_cfg.get("seed") or 0)
     checkpoint.restore_weights(module, ckpt, ckpt_path)
     return ckpt, run_cfg, datamodule, module
 

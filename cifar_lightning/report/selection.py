@@ -222,6 +222,9 @@ def main(argv: list[str] | None = None) -> int:
             write_json(args.out, decision)
         if args.figure:
             plot_frontier(runs, decision, set(args.untimed), args.figure)
+    except UserError as err:  # a full disk (fileio.atomic_write)
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     except OSError as err:
         print(f"error: cannot write {err.filename or 'the output'} ({err.strerror or err}); "
               f"give --out and --figure paths you can write to.", file=sys.stderr)  # fmt: skip
