@@ -301,14 +301,11 @@ def load_trained(
         run_cfg.data.root = data_root
     else:  # the file's own data.root: never downloaded into (eval.py checks it is here)
         run_cfg.data.download = False
-    # The training run's seed (a drawn one, seed=null, is not in its config: the test set does
-    # not depend on it).
-    # Built uncompiled (evaluation runs eager, Classifier.forward); the run config returned, and
-    # logged by eval.py, stays the training run's.
-    built = run_cfg
-    if run_cfg.get("module") is not None and run_cfg.module.get("compile"):
-        built = OmegaConf.merge(run_cfg, {"module": {"compile": False}})
-    datamodule, module = build(built, run_cfg.get("seed") or 0)
+    # Built uncompiled (evaluation runs eager; the config returned, which eval.py logs, stays
+    # as run), with the training run's seed (a drawn one, seed=null, is not in its config: the
+    # test set does not depend on it).
+    off = {"module": {"compile": False}} if "module" in run_cfg else {}
+    datamodule, module = build(OmegaConf.merge(run_cfg, off), run_cfg.get("seed") or 0)
     checkpoint.restore_weights(module, ckpt, ckpt_path)
     return ckpt, run_cfg, datamodule, module
 
