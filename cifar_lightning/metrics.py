@@ -92,12 +92,12 @@ class ConfusionCounts(Metric):
         return counts.diagonal().float() / counts.sum(1).float()
 
 
-def add_evaluated(acc: RunningMean, mean_loss: RunningMean, loss: Tensor, preds: Tensor,
-                  target: Tensor) -> None:  # fmt: skip
-    """An evaluated batch into its stage's sums: correct predictions, and its mean loss x its
-    images in float32 whatever the autocast (torchmetrics' MeanMetric's weighing, to the bit)."""
-    acc.update((preds == target).sum(), len(target))
-    mean_loss.update(loss.float() * len(target), len(target))
+def add_evaluated(acc: RunningMean, mean_loss: RunningMean, loss: Tensor, hits: Tensor) -> None:
+    """An evaluated batch into its stage's sums: its correct predictions (`hits`, preds ==
+    target per image), and its mean loss x its images in float32 whatever the autocast
+    (torchmetrics' MeanMetric's weighing, to the bit)."""
+    acc.update(hits.sum(), len(hits))
+    mean_loss.update(loss.float() * len(hits), len(hits))
 
 
 def batch_counts(logits: Tensor, y: Tensor, criterion: nn.Module) -> Tensor:

@@ -194,7 +194,7 @@ class Classifier(L.LightningModule):
         x, y = self._inputs(batch)
         logits = self(x)
         preds = logits.argmax(1)
-        add_evaluated(self.val_acc, self.val_loss, self.criterion(logits, y), preds, y)
+        add_evaluated(self.val_acc, self.val_loss, self.criterion(logits, y), preds == y)
         if batch_idx == 0:  # once per pass, as in training_step
             self.log("val/loss", self.val_loss, on_epoch=True, prog_bar=True)
             self.log("val/acc", self.val_acc, on_epoch=True, prog_bar=True)
@@ -203,23 +203,21 @@ class Classifier(L.LightningModule):
     def eval_logits(self, x: Tensor, tta_level: int) -> Tensor:
         """Logits for evaluation inputs, with test-time augmentation at `tta_level` (tta.py).
         Call in eval mode under no_grad, as Lightning's evaluation loops do."""
-        return tta_logits(self.net, x, tta_level) if tta_level else self(x)
+        return tta_logits(self.net, x, tta_level)  # level 0: the eager net(x), as forward's
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
         x, y = self._inputs(batch)
-        if self.tta_level:
-            logits, plain = tta_views(self.net, x, self.tta_level)  # eager, as forward in eval
-        else:
-            logits = self(x)
+        logits, plain = tta_views(self.net, x, self.tta_level)  # eager, as forward in eval
         preds = logits.argmax(1)
-        add_evaluated(self.test_acc, self.test_loss, self.criterion(logits, y), preds, y)
+        hits = preds == y
+        add_evaluated(self.test_acc, self.test_loss, self.criterion(logits, y), hits)
         self.test_confmat.update(preds, y)
         if batch_idx == 0:  # a new test pass: its metrics logged once, as in training_step
             self.log("test/loss", self.test_loss, on_epoch=True)
             self.log("test/acc", self.test_acc, on_epoch=True)
             self._test_correct: list[Tensor] = []
             self._plain_counts = torch.zeros(3, dtype=torch.float64, device=y.device)
-        self._test_correct.append(preds == y)  # on the device until the epoch's end
+        self._test_correct.append(hits)  # on the device until the epoch's end
         if self.tta_level:
             # The figures without TTA (results.json's test_acc_plain) from the plain view the
             # TTA has just computed: summed as evaluation.score sums a pass at level 0, whose

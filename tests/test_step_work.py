@@ -196,7 +196,7 @@ def test_evaluation_sums_equal_torchmetrics_figures_to_the_bit(dtype):
         y = torch.randint(0, 10, (n,), generator=gen)
         y[y == 8] = 9
         preds, loss = logits.argmax(1), criterion(logits, y)
-        add_evaluated(acc, mean_loss, loss, preds, y)
+        add_evaluated(acc, mean_loss, loss, preds == y)
         confusion.update(preds, y)
         ref_acc.update(preds, y), ref_loss.update(loss, weight=len(y))
         ref_class.update(preds, y), ref_confusion.update(preds, y)
