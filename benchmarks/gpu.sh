@@ -56,13 +56,16 @@ timeout 20 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,
 #    as the OUT/fast94.json of the side-by-side script the project's GPU sessions bring), that
 #    run stands in for this step.
 clock="$out/time_to_accuracy_fast94.json"
-is_fast94() {  # FILE is a time_to_accuracy.py JSON of fast94 (one run, or several seeds')
+is_fast94_clock() {  # FILE is a time_to_accuracy.py JSON of fast94 (one run, or several
+    # seeds') with its on-clock time (a file saved after the warm-up alone has none)
     "$py" -c 'import json, sys; j = json.load(open(sys.argv[1]))
-sys.exit((j.get("runs") or [j])[0].get("experiment") != "fast94")' "$1" 2>/dev/null
+fast94 = (j.get("runs") or [j])[0].get("experiment") == "fast94"
+sys.exit(not (fast94 and isinstance(j.get("mean_on_clock_s", j.get("on_clock_s")), (int, float))))' \
+        "$1" 2>/dev/null
 }
 if [ -n "${CLOCK:-}" ]; then
-    if ! is_fast94 "$given_clock"; then
-        echo "== step 1 failed: CLOCK=$CLOCK is not a readable time_to_accuracy.py JSON of fast94"
+    if ! is_fast94_clock "$given_clock"; then
+        echo "== step 1 failed: CLOCK=$CLOCK is not a readable time_to_accuracy.py JSON of fast94 with its on-clock time"
         rm -f "$clock"  # step 2 reads this session's, never an older one
         failed=1
     elif [ "$given_clock" -ef "$clock" ] || { rm -f "$clock" && cp "$given_clock" "$clock"; }; then
@@ -81,11 +84,7 @@ fi
 #    set against step 1's on-clock time plus the time of `import pytorch_lightning, hydra`
 #    (run twice, ~12 s each, the second timed): the rest's target is 3 s (expected ~65 s, the
 #    script's own imports included)
-has_clock() {  # FILE holds an on-clock time (a run stopped in its warm-up's wake has none)
-    "$py" -c 'import json, sys; j = json.load(open(sys.argv[1]))
-sys.exit(not isinstance(j.get("mean_on_clock_s", j.get("on_clock_s")), (int, float)))' "$1" 2>/dev/null
-}
-if [ -f "$clock" ] && has_clock "$clock"; then
+if [ -f "$clock" ] && is_fast94_clock "$clock"; then
     step 70 90 "$py" benchmarks/wall_time.py --out "$out/wall_time_fast94.json" \
         --budget-from "$clock" -- experiment=fast94 data.root="$root"
 else  # step 1 failed: the process time alone
