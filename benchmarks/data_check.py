@@ -18,12 +18,19 @@ training images, no validation split), the same way: old, the check and then the
 the load on a thread while the check runs (CIFAR10DataModule.prepare_data). Both give the same
 tensors (checked in the first round).
 
+With --cold, the kernel's page, dentry and inode caches are dropped before each timed call
+(Linux, as root: /proc/sys/vm/drop_caches), so that each reads the folder and the cache file
+from the disk, as the first run after a reboot or a copy does.
+
     python benchmarks/data_check.py --data-root data/cifar10-jpeg --rounds 9
+    python benchmarks/data_check.py --data-root data/cifar10-jpeg --rounds 5 --cold \
+        --out benchmarks/results/data_check_cold.json
 """
 
 from __future__ import annotations
 
 import gc
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -49,7 +56,22 @@ def cpu_model() -> str | None:
     return None
 
 
-def timed_check(root: Path, rehash_all: bool) -> float:
+DROP_CACHES = Path("/proc/sys/vm/drop_caches")
+
+
+def drop_caches() -> None:
+    """Write dirty pages back, then drop the clean page cache and the dentries and inodes."""
+    os.sync()
+    try:
+        DROP_CACHES.write_text("3\n")
+    except OSError as e:
+        raise SystemExit(f"--cold cannot drop the kernel's caches ({e}): it needs Linux and root "
+                         f"(it writes {DROP_CACHES}); run without --cold") from None  # fmt: skip
+
+
+def timed_check(root: Path, rehash_all: bool, cold: bool = False) -> float:
+    if cold:
+        drop_caches()
     start = time.perf_counter()
     sources.prepare_cache(root, allow_download=False, rehash_all=rehash_all)
     return time.perf_counter() - start
@@ -60,7 +82,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--data-root", required=True, help="a data.root holding CIFAR-10")
     p.add_argument("--rounds", type=int, default=9)
     p.add_argument("--note", default="", help="conditions to record (e.g. shared cores)")
+    p.add_argument(
+        "--cold",
+        action="store_true",
+        help="drop the kernel's caches before each timed call (Linux, root)",
+    )
     args = parse(p, argv)
+    if args.cold:
+        drop_caches()  # fails here, before any round, where it cannot
     root = Path(args.data_root)
     cache = sources.prepare_cache(root, allow_download=False)  # built here if missing
     for rehash_all in (True, False):  # warm-up: page cache, and a table that fits the folder
@@ -73,19 +102,20 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     for r in range(args.rounds):
         t = {}
         for name in ("old", "new") if r % 2 == 0 else ("new", "old"):
-            t[name] = timed_check(root, rehash_all=name == "old")
+            t[name] = timed_check(root, rehash_all=name == "old", cold=args.cold)
         rounds.append({**t, "ratio": t["new"] / t["old"]})
         print(f"round {r + 1}: old {t['old']:.3f} s, new {t['new']:.3f} s, "
               f"new/old {rounds[-1]['ratio']:.3f}", flush=True)  # fmt: skip
     if cache.stat().st_mtime_ns != written:
         raise SystemExit("the cache was rewritten during the rounds: the folder is not unchanged")
     result = {"files": files, "files_read_by_new": got.read, **summary("check", rounds)}
-    result["overlap"] = summary("overlap", overlap_rounds(root, args.rounds))
-    result["ready"] = summary("ready", ready_rounds(root, args.rounds))
-    return save({**result, "cpu_model": cpu_model(), "note": args.note}, args.out)
+    result["overlap"] = summary("overlap", overlap_rounds(root, args.rounds, args.cold))
+    result["ready"] = summary("ready", ready_rounds(root, args.rounds, args.cold))
+    meta = {"cold": args.cold, "cpu_model": cpu_model(), "note": args.note}
+    return save({**result, **meta}, args.out)
 
 
-def overlap_rounds(root: Path, n: int) -> list[dict[str, float]]:
+def overlap_rounds(root: Path, n: int, cold: bool = False) -> list[dict[str, float]]:
     dm = CIFAR10DataModule(root=str(root), download=False, val_size=0, num_workers=0)
     dm.setup()
     rounds = []
@@ -93,6 +123,8 @@ def overlap_rounds(root: Path, n: int) -> list[dict[str, float]]:
         t, shared = {}, {}
         for name in ("old", "new") if r % 2 == 0 else ("new", "old"):
             source = dm if name == "new" else None  # None: no stored digests, hash the images
+            if cold:
+                drop_caches()
             start = time.perf_counter()
             test = health._hashes(source, "test", dm.test_set)
             shared[name] = len(test & health._hashes(source, "train", dm.train_set))
@@ -105,7 +137,7 @@ def overlap_rounds(root: Path, n: int) -> list[dict[str, float]]:
     return rounds
 
 
-def ready_rounds(root: Path, n: int) -> list[dict[str, float]]:
+def ready_rounds(root: Path, n: int, cold: bool = False) -> list[dict[str, float]]:
     rounds, first = [], {}
     for r in range(n):
         t = {}
@@ -113,6 +145,8 @@ def ready_rounds(root: Path, n: int) -> list[dict[str, float]]:
             dm = CIFAR10DataModule(root=str(root), download=False, val_size=0, num_workers=0,
                                    loader="device")  # fmt: skip
             gc.collect()  # the previous round's datasets go before the clock starts
+            if cold:
+                drop_caches()
             start = time.perf_counter()
             if name == "old":
                 sources.prepare_cache(root, allow_download=False)

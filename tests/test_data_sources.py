@@ -341,6 +341,39 @@ def test_the_data_check_benchmark_runs(tmp_path):
     result = data_check.main(["--data-root", str(root), "--rounds", "2", "--out", str(out)])
     assert result["files"] == 40 and result["files_read_by_new"] == 0
     assert len(result["rounds"]) == 2 and result["ratio"]["median"] > 0 and out.is_file()
+    assert result["cold"] is False
+
+
+def test_the_cold_data_check_drops_the_caches_before_each_timed_call(tmp_path, monkeypatch):
+    # --cold writes "3" to /proc/sys/vm/drop_caches before each timed call; here a stand-in
+    # file counts the writes (the real one would slow the rest of the suite down).
+    from benchmarks import data_check
+
+    root = uncompressed_layout(tmp_path / "d")
+    settle(root)
+    writes = []
+
+    class DropCaches:  # records what data_check writes to the kernel's file
+        def write_text(self, text: str) -> None:
+            writes.append(text)
+
+    monkeypatch.setattr(data_check, "DROP_CACHES", DropCaches())
+    args = ["--data-root", str(root), "--rounds", "2", "--cold", "--out", str(tmp_path / "c.json")]
+    result = data_check.main(args)
+    # once up front, then 2 rounds x 2 calls in each of the check, overlap and data-ready parts
+    assert result["cold"] is True and writes == ["3\n"] * (1 + 3 * 2 * 2)
+
+
+def test_the_cold_data_check_says_what_it_needs_where_it_cannot_drop_the_caches(
+    tmp_path, monkeypatch
+):
+    from benchmarks import data_check
+
+    root = uncompressed_layout(tmp_path / "d")
+    monkeypatch.setattr(data_check, "DROP_CACHES", tmp_path / "missing" / "drop_caches")
+    with pytest.raises(SystemExit, match="needs Linux and root"):
+        data_check.main(["--data-root", str(root), "--cold", "--out", str(tmp_path / "c.json")])
+    assert not (tmp_path / "c.json").exists()
 
 
 def test_the_load_made_during_the_check_is_used_only_if_the_check_kept_the_cache(tmp_path):
