@@ -185,6 +185,49 @@ def mismatches(readme: str) -> list[str]:
     rest = [r["rest_s"] for r in ab["B"]["process"]]  # round 2's paragraph says it
     said("process rest on the CPU", f"on this CPU {statistics.median(rest):.2f} s (median)")
 
+    # data_check.py's figures, warm and from a cold disk (Benchmarks): each part's medians
+    # (ranges) of new and old and their ratio, and the paired new − old over its rounds.
+    def ab(part: dict) -> dict[str, str]:
+        shown = {k: f"{part[k]['median']:.3f}" for k in ("new", "old", "ratio")}
+        shown |= {f"{k}_r": f"{part[k]['min']:.3f}-{part[k]['max']:.3f}" for k in shown}
+        rounds = part["rounds"]
+        d = paired([r["new"] for r in rounds], [r["old"] for r in rounds])
+        lo, hi, diff = (f"{v:+.3f}".replace("-", "−") for v in (d.ci_low, d.ci_high, d.diff))
+        return {**shown, "diff": f"{diff.lstrip('+')} s [{lo}, {hi}]", "p": p_value(d.p)}
+
+    warm = json.loads((REPO / "benchmarks/results/data_check.json").read_text())
+    w, o, r = ab(warm), ab(warm["overlap"]), ab(warm["ready"])
+    said(
+        "data check warm",
+        f"source check keyed **{w['new']} s** ({w['new_r']}) against "
+        f"{w['old']} s ({w['old_r']}), new/old **{w['ratio']}** (rounds {w['ratio_r']})",
+    )
+    said(
+        "data check overlap",
+        f"overlap {o['new']} s against {o['old']} s, new/old {o['ratio']} ({o['ratio_r']})",
+    )
+    said(
+        "data ready warm",
+        f"data ready **{r['new']} s** ({r['new_r']}) against {r['old']} s "
+        f"({r['old_r']}), new/old **{r['ratio']}** ({r['ratio_r']}), paired difference "
+        f"{r['diff']}, t test p {r['p']}",
+    )
+    cold = json.loads((REPO / "benchmarks/results/data_check_cold.json").read_text())
+    check("data check cold", str(cold["cold"]), "True")
+    c, r = ab(cold), ab(cold["ready"])
+    said(
+        "data check cold",
+        f"source check keyed **{c['new']} s** ({c['new_r']}) against "
+        f"{c['old']} s ({c['old_r']}) with every file read, new/old **{c['ratio']}** "
+        f"({c['ratio_r']}), paired mean difference {c['diff']}, p {c['p']}",
+    )
+    said(
+        "data ready cold",
+        f"data ready {r['new']} s ({r['new_r']}) with the load on a thread "
+        f"against {r['old']} s ({r['old_r']}) in turn, paired mean difference {r['diff']}, "
+        f"p {r['p']}",
+    )
+
     # Selection 2's confirmation, by docs/fast_cpu/selection-2.md's rule.
     decision = selection.decide(selection.collect(SELECTION_2), "v1", ["S8", "S2"],
                                 [1, 2, 3, 4, 5], 0.30, 0.05, 0.03)  # fmt: skip
@@ -238,7 +281,8 @@ def test_readme_figures_are_the_committed_results():
      ("being 0.65x v1's", "being 0.60x v1's"),  # selection 2's time ratio
      ("reaches +0.57 points", "reaches +0.50 points"),  # adam_to_sgd against Adam
      ("| 0.017 (0.012-0.020) |", "| 0.015 (0.012-0.020) |"),  # host work, round 2
-     ("−0.545 [−0.573, −0.516]", "−0.545 [−0.573, −0.506]")],  # host work, its paired interval
+     ("−0.545 [−0.573, −0.516]", "−0.545 [−0.573, −0.506]"),  # host work, its paired interval
+     ("keyed **0.540 s**", "keyed **0.54 s**")],  # data_check.py from a cold disk
 )  # fmt: skip
 def test_a_figure_edited_by_hand_is_caught(shown: str, edited: str):
     assert README.count(shown) == 1
