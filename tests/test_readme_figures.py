@@ -15,9 +15,9 @@ from scipy import stats
 from cifar_lightning.report import selection
 from cifar_lightning.report.groups import group_runs
 from cifar_lightning.report.runs import find_runs
-from cifar_lightning.report.stats import Difference, paired
+from cifar_lightning.report.stats import Difference, describe, paired
 from cifar_lightning.report.summary import compare, difference, sampling_errors, summarise
-from cifar_lightning.report.tables import cell, difference_cell, p_value, pp, z_cell
+from cifar_lightning.report.tables import cell, difference_cell, p_value, pct, pp, z_cell
 from tests.conftest import REPO
 
 README = (REPO / "README.md").read_text()
@@ -142,6 +142,23 @@ def mismatches(readme: str) -> list[str]:
 
     keys = ["model.widths", "trainer.max_epochs", "module.train_resolution"]
     sel1 = group_runs(find_runs(SELECTION_1), keys).groups
+    # Selection 1's table: each candidate's validation accuracy per seed, their mean ± 95 %
+    # half-width, and (for the 64/256/256 candidates, selection.flops_cost's table) its cost.
+    groups = {
+        "A": "[64,256,256] / 9 / [24,24,24,24,24,32]",
+        "B": "[64,256,256] / 8 / [32]",
+        "C": "[64,256,256] / 8 / [24,24,24,24,32]",
+        "D": "[64,192,192] / 10 / [32]",
+    }
+    for row in table(readme, "| candidate | widths | epochs (at 24x24) |"):
+        name = row[0].split(":")[0].strip("*")
+        runs = sorted(sel1[groups[name]], key=lambda r: int(r.value("seed")))
+        accs = [r.results["val_acc"] for r in runs]
+        check(f"selection 1 {name} seeds", row[4], " / ".join(pct(a) for a in accs))
+        if len(accs) > 1:
+            check(f"selection 1 {name} mean", row[5].strip("*"), cell(describe(accs), len(accs)))
+        if name != "D":
+            check(f"selection 1 {name} cost", row[3], f"{selection.flops_cost(runs[0]):.2f}")
     b, a = sel1["[64,256,256] / 8 / [32]"], sel1["[64,256,256] / 9 / [24,24,24,24,24,32]"]
     b_vs_a = difference(b, a, "val_acc")
     said("selection 1 B - A", f"B − A is {interval(b_vs_a)} on 1 degree of freedom")
@@ -164,6 +181,20 @@ def mismatches(readme: str) -> list[str]:
         check(f"fast_cpu_v1 seed {seed} time", shown, f"{t:.1f}")
     mean = statistics.fmean(times)
     check("fast_cpu_v1 mean time", time_row[4], f"{mean:.1f} ({mean / 60:.1f} min)")
+
+    # The clock's parts over the three seeds, as the prose under the table gives them.
+    def span(values: list[float], digits: int) -> str:
+        low, high = (f"{v:.{digits}f}" for v in (min(values), max(values)))
+        return low if low == high else f"{low}-{high}"
+
+    on, off = "on_clock", "off_clock"
+    parts = [("building ", on, "build_s", 2), ("data ", on, "data_s", 1),
+             ("fit set-up ", on, "fit_setup_s", 1), ("the 9 epochs ", on, "train_s", 0),
+             ("the tested checkpoint ", on, "to_test_s", 1), ("the TTA test ", on, "test_s", 0),
+             ("the config's composition (", off, "config_s", 2),
+             ("train.py's work after its test (", off, "after_test_s", 1)]  # fmt: skip
+    for words, clock, key, digits in parts:
+        said(f"fast_cpu_v1 {key}", f"{words}{span([r[clock][key] for r in runs], digits)} s")
 
     for name, header, phases in HOST_PROXY:
         ab = json.loads((REPO / "benchmarks/results" / name).read_text())
@@ -282,7 +313,9 @@ def test_readme_figures_are_the_committed_results():
      ("reaches +0.57 points", "reaches +0.50 points"),  # adam_to_sgd against Adam
      ("| 0.017 (0.012-0.020) |", "| 0.015 (0.012-0.020) |"),  # host work, round 2
      ("−0.545 [−0.573, −0.516]", "−0.545 [−0.573, −0.506]"),  # host work, its paired interval
-     ("keyed **0.540 s**", "keyed **0.54 s**")],  # data_check.py from a cold disk
+     ("keyed **0.540 s**", "keyed **0.54 s**"),  # data_check.py from a cold disk
+     ("| 8 (4) | 6.09 |", "| 8 (4) | 6.08 |"),  # a selection-1 cost
+     ("fit set-up 1.2-1.4 s", "fit set-up 1.3-1.4 s")],  # a part of fast_cpu_v1's clock
 )  # fmt: skip
 def test_a_figure_edited_by_hand_is_caught(shown: str, edited: str):
     assert README.count(shown) == 1
