@@ -20,6 +20,7 @@ from benchmarks import (
     loop_overhead,
     op_count,
     profile_step,
+    reference_table,
     step_ab,
     sync_check,
     time_to_accuracy,
@@ -423,3 +424,61 @@ def test_gpu_sh_steps_take_their_own_options(argv, monkeypatch, tmp_path: Path):
     if "experiment" in vars(args):
         with common.run_config(args.experiment, args.overrides, tmp_path) as cfg:
             assert cfg.data.root == "DATA"
+
+
+def _reference_log(path: Path, runs: list[tuple[float, float]]) -> None:
+    """A reference's log as airbench94.py prints it: a header, epoch rows, then an "eval" row
+    per run (train_loss, train_acc, val_acc, tta_val_acc, seconds), the first a warm-up."""
+
+    def columns(*cells: str) -> str:
+        return "".join(f"|  {c:>10}  " for c in cells) + "|"
+
+    lines = [columns("run", "epoch", "train_loss", "train_acc", "val_acc", "tta_val_acc", "s")]
+    for i, (acc, seconds) in enumerate(runs):
+        lines.append(columns(str(i), "9", "0.8000", "0.9000", "0.9300", "", "1.0000"))
+        lines.append(columns(str(i), "eval", "0.8000", "0.9000", "0.9300", f"{acc:.4f}",
+                             f"{seconds:.4f}"))  # fmt: skip
+    path.write_text("\n".join(lines) + "\nMean: 0.9400    Std: 0.0010\n")
+
+
+def test_reference_table_compares_each_recipe_with_its_reference(tmp_path: Path, capsys):
+    from scipy import stats as scipy_stats
+
+    sbs, gpu = tmp_path / "sbs", tmp_path / "gpu"
+    sbs.mkdir(), gpu.mkdir()
+    ref = [(round(0.9401 + 0.0004 * (i % 3), 4), round(2.10 + 0.01 * i, 4)) for i in range(8)]
+    _reference_log(sbs / "airbench94.log", [(0.5, 9.0), *ref])  # the warm-up is left out
+    ours = [(0.9398 + 0.0003 * (i % 4), 2.50 + 0.02 * i) for i in range(8)]
+    runs = [{"final_test_acc": a, "on_clock_s": s} for a, s in ours]
+    (sbs / "fast94.json").write_text(json.dumps({"runs": runs, "gpu": "a GPU"}))
+    _reference_log(sbs / "airbench94_muon.log", [(0.5, 9.0), (0.9402, 1.9), (0.9405, 1.91)])
+    muon = [
+        {"final_test_acc": 0.9399, "on_clock_s": 2.2},
+        {"final_test_acc": 0.9403, "on_clock_s": 2.3},
+    ]
+    (gpu / "time_to_accuracy_fast94_muon.json").write_text(json.dumps({"runs": muon}))
+    budget = {"on_clock_s": 2.6, "import_s": 9.1, "rest_s": 2.4, "rest_target_s": 3.0}
+    (gpu / "wall_time_fast94.json").write_text(json.dumps({"wall_s": 14.1, "budget": budget}))
+
+    result = reference_table.main(
+        [str(sbs), "--gpu-results", str(gpu), "--out", str(tmp_path / "t.json")]
+    )
+    shown = capsys.readouterr().out
+    systems = result["systems"]
+    assert [tuple(r) for r in systems["airbench94"]["runs"]] == ref
+    assert systems["hiverge"]["runs"] is None
+    c = systems["fast94"]["comparison"]
+    a, b = [x for x, _ in ours], [x for x, _ in ref]
+    expected = scipy_stats.ttest_ind(
+        [x + 0.002 for x in a], b, equal_var=False, alternative="greater"
+    )
+    assert c["noninferiority_p"] == pytest.approx(expected.pvalue)
+    assert c["noninferior"] == (expected.pvalue < 0.05) and c["enough_runs"]
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    assert c["time_ratio"] == pytest.approx(mean([s for _, s in ours]) / mean([s for _, s in ref]))
+    assert c["time_target_met"] == (c["time_ratio"] <= 1.25)
+    assert not systems["fast94_muon"]["comparison"]["enough_runs"]
+    assert "| hiverge | not run |" in shown and "n < 8" in shown and "(target 3 s: met)" in shown
+    assert json.loads((tmp_path / "t.json").read_text())["gpu"] == "a GPU"
+    with pytest.raises(SystemExit):  # not a folder: one usage error
+        reference_table.main([str(tmp_path / "missing")])

@@ -1,7 +1,7 @@
 """Statistics over seeds: mean, sample std and t confidence interval of a group; the difference
 of two groups with its interval and p-value (paired t-test over shared seeds, else Welch's);
 Holm's correction over a family of comparisons; the Wilson interval of one run's accuracy; a
-paired one-sided non-inferiority test with a margin.
+one-sided non-inferiority test with a margin (paired, or Welch's for independent groups).
 
 A group of n runs differing only in the seed is treated as n draws of the training randomness;
 the intervals and tests assume roughly normal per-run figures, which holds better for
@@ -159,7 +159,8 @@ def welch(a: Sequence[float], b: Sequence[float], confidence: float = CONFIDENCE
 
 @dataclass(frozen=True)
 class NonInferiority:
-    """Paired one-sided test of H0: mean(a − b) <= −margin against H1: mean(a − b) > −margin."""
+    """One-sided test of H0: mean(a − b) <= −margin against H1: mean(a − b) > −margin, paired
+    (pairs > 0) or Welch's over two independent groups (pairs = 0)."""
 
     pairs: int
     diff: float  # mean(a − b)
@@ -187,6 +188,24 @@ def noninferiority(
     t = (diff + margin) / se
     half = float(stats.t.ppf((1 + confidence) / 2, n - 1)) * se
     return NonInferiority(n, diff, diff - half, diff + half, t, float(stats.t.sf(t, n - 1)))
+
+
+def welch_noninferiority(
+    a: Sequence[float], b: Sequence[float], margin: float, confidence: float = CONFIDENCE
+) -> NonInferiority:
+    """Is a no worse than b by more than `margin`, a and b independent runs (another program,
+    seeds that do not pair)? Welch's one-sided test: t = (mean(a) − mean(b) + margin) / se on
+    welch()'s se and Welch-Satterthwaite df, p = P(T_df >= t); the interval is welch()'s."""
+    if margin < 0:
+        raise ValueError(f"noninferiority: the margin is a distance, got {margin}")
+    d = welch(a, b, confidence)
+    if d.p is None or d.se is None:
+        return NonInferiority(0, d.diff, None, None, None, None)
+    t = (d.diff + margin) / d.se
+    with warnings.catch_warnings():  # df: Welch-Satterthwaite's, as welch() used it
+        warnings.simplefilter("ignore", RuntimeWarning)
+        df = float(stats.ttest_ind(a, b, equal_var=False).df)
+    return NonInferiority(0, d.diff, d.ci_low, d.ci_high, t, float(stats.t.sf(t, df)))
 
 
 def welch_p(a: Sequence[float], b: Sequence[float]) -> float | None:
