@@ -1,12 +1,17 @@
-"""README.md runs as written: every train.py/eval.py command it shows composes with the configs
-and every `module.` option it names exists. Its outputs tree and results.json keys are checked
+"""README.md runs as written: every train.py/eval.py command it shows composes with the configs,
+every benchmark command parses and its overrides compose, and every `module.` option it names
+exists. Its outputs tree and results.json keys are checked
 against a run in tests/test_recipes.py (which shares that run with other tests)."""
 
 from __future__ import annotations
 
+import argparse
+import importlib
 import importlib.util
+import inspect
 import re
 import shlex
+import sys
 from pathlib import Path
 
 import pytest
@@ -99,6 +104,51 @@ def test_the_readme_shows_commands():
 def test_readme_command_composes(command: str):
     config, overrides = overrides_of(command)
     compose_cfg(config, overrides)  # an unknown key, group option or plugin raises
+
+
+def benchmark_commands() -> list[str]:
+    """`python benchmarks/NAME.py ...` of the fenced blocks and the prose."""
+    blocks = re.findall(r"```[a-z]*\n(.*?)```", README, flags=re.S)
+    blocks = [re.sub(r"\\\n\s*", "", block) for block in blocks]
+    lines = [line for block in blocks for line in block.splitlines()] + _code_spans(README)
+    return sorted(
+        {line.strip() for line in lines if re.match(r"python benchmarks/\w+\.py\b", line.strip())}
+    )
+
+
+class _Parsed(Exception):
+    """Raised in place of a benchmark's run once its arguments have parsed."""
+
+
+def test_the_readme_shows_benchmark_commands():
+    assert len(benchmark_commands()) >= 20
+
+
+@pytest.mark.parametrize("command", benchmark_commands(), ids=lambda c: c.split("#")[0].strip())
+def test_readme_benchmark_command_parses_and_composes(command: str, monkeypatch):
+    """Each benchmark command as the README shows it: its options parse (the script stops
+    there, nothing runs), and its train.py overrides (and --b's) compose with its recipe."""
+    args = shlex.split(command, comments=True)
+    name, argv = Path(args[1]).stem, args[2:]
+    parsed = {}
+    real = argparse.ArgumentParser.parse_args
+
+    def parse_args(self, args=None, namespace=None):  # noqa: ANN001, ANN202
+        parsed["args"] = real(self, args, namespace)
+        raise _Parsed
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_args)
+    monkeypatch.setattr(sys, "argv", [args[1], *argv])  # for a main() that reads sys.argv
+    main = importlib.import_module(f"benchmarks.{name}").main
+    with pytest.raises(_Parsed):
+        main(argv) if inspect.signature(main).parameters else main()
+    ns = parsed["args"]
+    if name == "wall_time":  # the arguments after -- are train.py's own
+        compose_cfg(*overrides_of(f"python train.py {shlex.join(argv[argv.index('--') + 1 :])}"))
+    elif hasattr(ns, "experiment"):  # common.parse's split: key=value and ~key are overrides
+        overrides = [a for a in argv if ("=" in a and not a.startswith("-")) or a[:1] == "~"]
+        experiment = [f"experiment={ns.experiment}"] if ns.experiment != "none" else []
+        compose_cfg("train", [*experiment, *overrides, *getattr(ns, "b", [])])
 
 
 def inline_overrides() -> list[str]:
