@@ -76,6 +76,7 @@ class Difference:
     note: str = ""
     se: float | None = None  # the standard error of diff the t-test used
     r: float | None = None  # paired: Pearson's correlation of the pairs (None without spread)
+    df: float | None = None  # the t distribution's degrees of freedom (Welch-Satterthwaite's)
 
 
 def _untestable(test: str, pairs: int, diff: float, note: str) -> Difference:
@@ -91,7 +92,8 @@ def _result(
         return _untestable(test, pairs, diff, "no variance")
     ci = result.confidence_interval(confidence)
     se = abs(diff / float(result.statistic)) if result.statistic else None
-    return Difference(test, pairs, diff, float(ci.low), float(ci.high), p, se=se, r=r)
+    df = float(result.df)
+    return Difference(test, pairs, diff, float(ci.low), float(ci.high), p, se=se, r=r, df=df)
 
 
 def correlation(a: Sequence[float], b: Sequence[float]) -> float | None:
@@ -199,13 +201,10 @@ def welch_noninferiority(
     if margin < 0:
         raise ValueError(f"noninferiority: the margin is a distance, got {margin}")
     d = welch(a, b, confidence)
-    if d.p is None or d.se is None:
+    if d.p is None or d.se is None or d.df is None:
         return NonInferiority(0, d.diff, None, None, None, None)
     t = (d.diff + margin) / d.se
-    with warnings.catch_warnings():  # df: Welch-Satterthwaite's, as welch() used it
-        warnings.simplefilter("ignore", RuntimeWarning)
-        df = float(stats.ttest_ind(a, b, equal_var=False).df)
-    return NonInferiority(0, d.diff, d.ci_low, d.ci_high, t, float(stats.t.sf(t, df)))
+    return NonInferiority(0, d.diff, d.ci_low, d.ci_high, t, float(stats.t.sf(t, d.df)))
 
 
 def welch_p(a: Sequence[float], b: Sequence[float]) -> float | None:
