@@ -34,18 +34,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 
 from cifar_lightning.fileio import write_json  # noqa: E402
 from cifar_lightning.report.stats import describe, welch, welch_noninferiority  # noqa: E402
-from cifar_lightning.report.tables import p_value  # noqa: E402
+from cifar_lightning.report.tables import markdown, p_value  # noqa: E402
 
 TIME_TARGET = 1.25  # x the reference's mean time (issue 28)
 MIN_RUNS = 8  # the issue's n for the accuracy comparison
-# (row, its file, the reference it is compared with)
+# (row, the folder of its file: the side-by-side output or gpu.sh's, the file, the reference it
+# is compared with)
 SYSTEMS = [
-    ("airbench94", "sbs:airbench94.log", None),
-    ("fast94", "sbs:fast94.json", "airbench94"),
-    ("airbench94_muon", "sbs:airbench94_muon.log", None),
-    ("fast94_muon", "gpu:time_to_accuracy_fast94_muon.json", "airbench94_muon"),
-    ("hiverge", "sbs:hiverge.log", None),
+    ("airbench94", "sbs", "airbench94.log", None),
+    ("fast94", "sbs", "fast94.json", "airbench94"),
+    ("airbench94_muon", "sbs", "airbench94_muon.log", None),
+    ("fast94_muon", "gpu", "time_to_accuracy_fast94_muon.json", "airbench94_muon"),
+    ("hiverge", "sbs", "hiverge.log", None),
 ]
+HEAD = ["system", "n", "test acc with TTA, % [95 % CI]", "time on its own clock, s [95 % CI]",
+        "time x its reference (<= 1.25x?); difference, s [95 % CI]",
+        "accuracy − its reference, pp [95 % CI]; non-inferior?"]  # fmt: skip
 
 
 def reference_runs(log: Path) -> list[tuple[float, float]]:
@@ -68,9 +72,7 @@ def project_runs(path: Path) -> list[tuple[float, float]]:
             if r.get("final_test_acc") is not None and r.get("on_clock_s") is not None]  # fmt: skip
 
 
-def load(spec: str, sbs: Path, gpu: Path | None) -> list[tuple[float, float]] | None:
-    where, name = spec.split(":")
-    folder = sbs if where == "sbs" else gpu
+def load(folder: Path | None, name: str) -> list[tuple[float, float]] | None:
     path = folder / name if folder is not None else None
     if path is None or not path.is_file():
         return None
@@ -102,17 +104,17 @@ def interval(diff: float, low: float | None, high: float | None, scale: float, f
 
 
 def row(name: str, runs: list[tuple[float, float]] | None, ref: str | None,
-        c: dict[str, Any] | None, margin: float) -> str:  # fmt: skip
+        c: dict[str, Any] | None, margin: float) -> list[str]:  # fmt: skip
     """One system's table row: its figures, then its comparison with `ref` (c) if it has one."""
     if runs is None:
-        return f"| {name} | not run | | | | |"
+        return [name, "not run", "", "", "", ""]
     acc, t = describe([a for a, _ in runs]), describe([s for _, s in runs])
     cells = [name, str(len(runs)), interval(acc.mean, acc.ci_low, acc.ci_high, 100, ".2f"),
              interval(t.mean, t.ci_low, t.ci_high, 1, ".3f")]  # fmt: skip
     if ref is None:
-        return "| " + " | ".join([*cells, "(reference)", ""]) + " |"
+        return [*cells, "(reference)", ""]
     if c is None:
-        return "| " + " | ".join([*cells, f"no {ref} runs to compare with", ""]) + " |"
+        return [*cells, f"no {ref} runs to compare with", ""]
     verdict = "yes" if c["time_target_met"] else "no"
     time_vs = f"{c['time_ratio']:.2f}x ({verdict}); {interval(*c['time_diff_s'], 1, '+.3f')} s"
     p = "-" if c["noninferiority_p"] is None else p_value(c["noninferiority_p"])
@@ -120,7 +122,7 @@ def row(name: str, runs: list[tuple[float, float]] | None, ref: str | None,
     shown = "shown" if c["noninferior"] else "not shown"
     acc_vs = (f"{interval(*c['acc_diff'], 100, '+.2f')} pp; {shown} at {100 * margin:.1f} pp "
               f"(one-sided p {p}{few})")  # fmt: skip
-    return "| " + " | ".join([*cells, time_vs, acc_vs]) + " |"
+    return [*cells, time_vs, acc_vs]
 
 
 def process_line(gpu: Path | None) -> tuple[str, dict[str, Any] | None]:
@@ -148,19 +150,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if not args.sbs.is_dir():
         p.error(f"{args.sbs} is not a folder (the side-by-side script's output folder)")
     margin = args.margin / 100
-    runs = {name: load(spec, args.sbs, args.gpu_results) for name, spec, _ in SYSTEMS}
-    lines = ["| system | n | test acc with TTA, % [95 % CI] | time on its own clock, s "
-             "[95 % CI] | time x its reference (<= 1.25x?); difference, s [95 % CI] | "
-             "accuracy − its reference, pp [95 % CI]; non-inferior? |",
-             "|---|---|---|---|---|---|"]  # fmt: skip
-    result: dict[str, Any] = {"margin": margin, "systems": {}}
-    for name, _, ref in SYSTEMS:
+    folders = {"sbs": args.sbs, "gpu": args.gpu_results}
+    runs = {name: load(folders[where], file) for name, where, file, _ in SYSTEMS}
+    rows, result = [], {"margin": margin, "systems": {}}
+    for name, _, _, ref in SYSTEMS:
         r, ref_runs = runs[name], runs[ref] if ref else None
         c = compare(r, ref_runs, margin) if r and ref_runs else None
-        lines.append(row(name, r, ref, c, margin))
+        rows.append(row(name, r, ref, c, margin))
         result["systems"][name] = {"runs": r, "reference": ref, "comparison": c}
     process, result["process"] = process_line(args.gpu_results)
-    print("\n".join(lines) + "\n\n" + process)
+    print(markdown(HEAD, rows) + "\n\n" + process)
     try:  # the GPU the project's runs came from, as time_to_accuracy.py recorded it
         result["gpu"] = json.loads((args.sbs / "fast94.json").read_text()).get("gpu")
     except (OSError, ValueError):
