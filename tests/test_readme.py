@@ -49,13 +49,18 @@ def _code_spans(text: str) -> list[str]:
     return [" ".join(s.split()) for s in re.findall(r"`([^`]+)`", prose)]
 
 
-def commands() -> list[str]:
-    """`python train.py|eval.py|predict.py|export.py ...` of the fenced blocks and the prose."""
+def _command_lines() -> list[str]:
+    """Every line of the fenced blocks (shell continuations joined) and every code span."""
     blocks = re.findall(r"```[a-z]*\n(.*?)```", README, flags=re.S)
     blocks = [re.sub(r"\\\n\s*", "", block) for block in blocks]  # shell line continuations
     lines = [line for block in blocks for line in block.splitlines()] + _code_spans(README)
+    return [line.strip() for line in lines]
+
+
+def commands() -> list[str]:
+    """`python train.py|eval.py|predict.py|export.py ...` of the fenced blocks and the prose."""
     pattern = r"(\w+=\S+ )*python (train|eval|predict|export)\.py\b"
-    return [line.strip() for line in lines if re.match(pattern, line.strip())]
+    return [line for line in _command_lines() if re.match(pattern, line)]
 
 
 def options(group: str) -> list[str]:
@@ -108,12 +113,8 @@ def test_readme_command_composes(command: str):
 
 def benchmark_commands() -> list[str]:
     """`python benchmarks/NAME.py ...` of the fenced blocks and the prose."""
-    blocks = re.findall(r"```[a-z]*\n(.*?)```", README, flags=re.S)
-    blocks = [re.sub(r"\\\n\s*", "", block) for block in blocks]
-    lines = [line for block in blocks for line in block.splitlines()] + _code_spans(README)
-    return sorted(
-        {line.strip() for line in lines if re.match(r"python benchmarks/\w+\.py\b", line.strip())}
-    )
+    pattern = r"python benchmarks/\w+\.py\b"
+    return sorted({line for line in _command_lines() if re.match(pattern, line)})
 
 
 class _Parsed(Exception):
